@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Set up (idempotently) the pinned OpenMMLab stack and actnn_mm in a virtual env inside the repo.
+#
+#   bash tools/setup_env.sh            # creates .venv/ if needed, then installs what is missing
+#
+# Environment:
+#   ACTNN_MM_VENV      where the virtual env lives           (default: <repo>/.venv)
+#   ACTNN_MM_CACHE     cache outside the repo for built wheels (default: ~/.cache/actnn_mm)
+#   ACTNN_MM_PYTHON    interpreter for a new venv            (default: python3.11, else python3)
+#   ACTNN_MM_WITH_CUDA build the CUDA kernels of actnn_mm too (default: 0 here; 1 on GPU machines)
+#
+# mmcv 2.1.0 is the newest mmcv that mmdet 3.3 / mmseg 1.2 accept and PyPI has only its source.
+# It does not build against torch 2.14 as published: its setup.py imports pkg_resources (needs
+# setuptools < 81) and forces -std=c++17 while torch 2.14's headers need C++20. We build it once with
+# both fixed and keep the wheel in $ACTNN_MM_CACHE, keyed by mmcv/torch/python versions and CUDA-ness.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${ACTNN_MM_VENV:-$ROOT/.venv}"
+CACHE="${ACTNN_MM_CACHE:-$HOME/.cache/actnn_mm}"
+STAMP="$VENV/.actnn_mm_setup_done"
+log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+# The stamp records what the finished set-up was made from; any change to the pins redoes it.
+pins_hash() {
+  cat "$ROOT/requirements/stack.txt" "$ROOT/requirements/mmcv.txt" "$ROOT/setup.py" \
+      "$ROOT/tools/setup_env.sh" | sha256sum | cut -c1-16
+}
+want="$(pins_hash)"
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
+  # Finished before: only re-check that the extension is importable (fast) and leave.
+  if "$VENV/bin/python" -c 'import actnn_mm, actnn_mm._ext_loader as l; l.load_extension()' \
+      >/dev/null 2>&1; then
+    log "environment ready ($VENV)"
+    exit 0
+  fi
+  log "extension missing; rebuilding it"
+  (cd "$ROOT" && "$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps -e .)
+  exit 0
+fi
+
+# --- 1. the virtual env -------------------------------------------------------------------
+if [[ ! -x "$VENV/bin/python" ]]; then
+  PY="${ACTNN_MM_PYTHON:-}"
+  if [[ -z "$PY" ]]; then PY="$(command -v python3.11 || command -v python3)"; fi
+  log "creating virtual env $VENV with $PY"
+  "$PY" -m venv "$VENV"
+fi
+PYV="$VENV/bin/python"
+PIP=("$PYV" -m pip --disable-pip-version-check)
+log "python: $("$PYV" --version)"
+
+# --- 2. torch and the build tools ---------------------------------------------------------
+pin() { grep -E "^$1==" "$ROOT/requirements/stack.txt" | head -1; }
+log "installing build tools and torch ($(pin torch), $(pin torchvision))"
+"${PIP[@]}" install -q "pip>=23.2" "setuptools>=70,<81" wheel "$(pin ninja)" \
+  "$(grep -E '^numpy' "$ROOT/requirements/stack.txt")"
+"${PIP[@]}" install -q "$(pin torch)" "$(pin torchvision)"
+# opencv headless first: mmcv's setup.py then records the headless variant in its wheel.
+"${PIP[@]}" install -q "$(pin opencv-python-headless)"
+
+# --- 3. mmcv with ops, from source, cached outside the repo -------------------------------
+MMCV_REQ="$(grep -E '^mmcv==' "$ROOT/requirements/mmcv.txt")"
+MMCV_VER="${MMCV_REQ#mmcv==}"
+TORCH_VER="$("$PYV" -c 'import torch; print(torch.__version__.split("+")[0])')"
+PY_TAG="$("$PYV" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
+MMCV_CUDA="${MMCV_WITH_CUDA:-0}"
+KEY="mmcv-${MMCV_VER}_torch-${TORCH_VER}_${PY_TAG}_$([[ $MMCV_CUDA == 1 ]] && echo cuda || echo cpu)"
+WHEEL_DIR="$CACHE/wheels/$KEY"
+if "$PYV" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VER'" >/dev/null 2>&1; then
+  log "mmcv $MMCV_VER with ops already installed"
+else
+  if ! ls "$WHEEL_DIR"/mmcv-*.whl >/dev/null 2>&1; then
+    log "no cached mmcv wheel in $WHEEL_DIR: building mmcv $MMCV_VER with ops (about 22 min on 2 cores)"
+    work="$(mktemp -d)"
+    trap 'rm -rf "$work"' EXIT
+    # pip runs mmcv's setup.py for metadata, which imports torch: reuse this env (no isolation).
+    "${PIP[@]}" download -q --no-deps --no-binary mmcv --no-build-isolation -d "$work" "$MMCV_REQ"
+    tar -xzf "$work"/mmcv-"$MMCV_VER".tar.gz -C "$work"
+    src="$work/mmcv-$MMCV_VER"
+    # torch >= 2.5 headers need C++20; mmcv hard-codes C++17 for its extension.
+    sed -i 's/-std=c++17/-std=c++20/g; s/std=c++14/std=c++20/g' "$src/setup.py"
+    grep -q 'c++20' "$src/setup.py" || { echo "setup: mmcv's setup.py changed; C++ flag not found" >&2; exit 1; }
+    jobs="${MAX_JOBS:-$(nproc)}"
+    (
+      cd "$src"
+      export MMCV_WITH_OPS=1 MAX_JOBS="$jobs" FORCE_CUDA="$MMCV_CUDA"
+      [[ $MMCV_CUDA == 1 ]] || export CUDA_VISIBLE_DEVICES=""
+      # Progress: ninja prints [k/N] per object; show one line in ~30s so nobody thinks it hung.
+      "$PYV" setup.py -q bdist_wheel -d "$work/dist" 2>&1 | tee "$work/build.log" \
+        | grep --line-buffered -E '^\[[0-9]+/[0-9]+\]' | awk '{print "[mmcv build] " $1; fflush()}'
+    )
+    ls "$work"/dist/mmcv-*.whl >/dev/null 2>&1 || { tail -50 "$work/build.log" >&2; exit 1; }
+    mkdir -p "$WHEEL_DIR"
+    cp "$work"/dist/mmcv-*.whl "$WHEEL_DIR/"
+    log "cached $(ls "$WHEEL_DIR")"
+  else
+    log "reusing cached mmcv wheel $(ls "$WHEEL_DIR")"
+  fi
+  "${PIP[@]}" install -q --no-deps "$WHEEL_DIR"/mmcv-*.whl
+  "${PIP[@]}" install -q addict packaging Pillow pyyaml yapf
+fi
+
+# --- 4. the rest of the stack and actnn_mm ------------------------------------------------
+log "installing the pinned OpenMMLab stack"
+"${PIP[@]}" install -q -r "$ROOT/requirements/stack.txt"
+log "building actnn_mm (CPU kernels$([[ ${ACTNN_MM_WITH_CUDA:-0} == 1 ]] && echo ' + CUDA'))"
+(cd "$ROOT" && FORCE_CUDA="${ACTNN_MM_WITH_CUDA:-0}" ACTNN_MM_NO_CUDA="$([[ ${ACTNN_MM_WITH_CUDA:-0} == 1 ]] && echo 0 || echo 1)" \
+  "${PIP[@]}" install -q --no-build-isolation --no-deps -e .)
+"$PYV" -c 'import mmcv.ops, mmdet, mmseg, mmpretrain, actnn_mm; print("stack ok: mmcv", mmcv.__version__)'
+echo "$want" > "$STAMP"
+log "environment ready ($VENV)"
