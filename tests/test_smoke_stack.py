@@ -7,7 +7,7 @@ from typing import Dict
 
 import pytest
 import torch
-from mmengine.config import Config
+from conftest import load_package_config
 
 
 def _total_loss(losses: Dict[str, object]) -> torch.Tensor:
@@ -61,7 +61,7 @@ def test_faster_rcnn_trains_one_step_on_cpu() -> None:
     from mmdet.utils import register_all_modules
 
     register_all_modules()
-    cfg = Config.fromfile('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py')
+    cfg = load_package_config('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py')
     cfg.model.backbone.init_cfg = None
     model = MODELS.build(cfg.model)
     data = demo_mm_inputs(2, [(3, 128, 160)] * 2, num_items=[3, 2], num_classes=80)
@@ -75,7 +75,7 @@ def test_fcn_trains_one_step_on_cpu() -> None:
     from mmseg.utils import register_all_modules
 
     register_all_modules()
-    cfg = Config.fromfile('mmseg::fcn/fcn_r50-d8_4xb2-80k_cityscapes-512x1024.py')
+    cfg = load_package_config('mmseg::fcn/fcn_r50-d8_4xb2-80k_cityscapes-512x1024.py')
     # The base uses SyncBN in three places (a child's norm_cfg does not reach them): plain BN on CPU.
     for part in (cfg.model.backbone, cfg.model.decode_head, cfg.model.auxiliary_head):
         part.norm_cfg = dict(type='BN', requires_grad=True)
@@ -100,7 +100,7 @@ def test_mocov2_trains_one_step_on_cpu() -> None:
     from mmpretrain.utils import register_all_modules
 
     register_all_modules()
-    cfg = Config.fromfile('mmpretrain::mocov2/mocov2_resnet50_8xb32-coslr-200e_in1k.py')
+    cfg = load_package_config('mmpretrain::mocov2/mocov2_resnet50_8xb32-coslr-200e_in1k.py')
     cfg.model.queue_len = 64  # must divide by the global batch
     model = MODELS.build(cfg.model)
     views = [[torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8) for _ in range(2)]
