@@ -27,15 +27,26 @@ pins_hash() {
       "$ROOT/tools/setup_env.sh" | sha256sum | cut -c1-16
 }
 want="$(pins_hash)"
+# The compiled extension is rebuilt whenever its sources change (cheap check: a hash of csrc/).
+ext_hash() { find "$ROOT/csrc" -type f \( -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' \) \
+  -print0 2>/dev/null | sort -z | xargs -0 cat 2>/dev/null | sha256sum | cut -c1-16; }
+build_ext() {
+  (cd "$ROOT" && FORCE_CUDA="${ACTNN_MM_WITH_CUDA:-0}" \
+     ACTNN_MM_NO_CUDA="$([[ ${ACTNN_MM_WITH_CUDA:-0} == 1 ]] && echo 0 || echo 1)" \
+     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation \
+     --no-deps -e .)
+  ext_hash > "$VENV/.actnn_mm_ext_hash"
+}
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
-  # Finished before: only re-check that the extension is importable (fast) and leave.
-  if "$VENV/bin/python" -c 'import actnn_mm, actnn_mm._ext_loader as l; l.load_extension()' \
-      >/dev/null 2>&1; then
+  # Finished before: rebuild the extension only if csrc/ changed or it does not import.
+  if [[ "$(cat "$VENV/.actnn_mm_ext_hash" 2>/dev/null)" == "$(ext_hash)" ]] && \
+     "$VENV/bin/python" -c 'import actnn_mm._ext_loader as l; assert l.is_built()' >/dev/null 2>&1; then
     log "environment ready ($VENV)"
     exit 0
   fi
-  log "extension missing; rebuilding it"
-  (cd "$ROOT" && "$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps -e .)
+  log "csrc/ changed or extension missing: rebuilding actnn_mm's extension"
+  build_ext
+  log "environment ready ($VENV)"
   exit 0
 fi
 
@@ -47,7 +58,9 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   "$PY" -m venv "$VENV"
 fi
 PYV="$VENV/bin/python"
-PIP=("$PYV" -m pip --disable-pip-version-check)
+# This machine's pip config names local index folders that may be absent: drop those warnings.
+pip_quiet() { "$PYV" -m pip --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+PIP=(pip_quiet)
 log "python: $("$PYV" --version)"
 
 # --- 2. torch and the build tools ---------------------------------------------------------
@@ -105,8 +118,7 @@ fi
 log "installing the pinned OpenMMLab stack"
 "${PIP[@]}" install -q -r "$ROOT/requirements/stack.txt"
 log "building actnn_mm (CPU kernels$([[ ${ACTNN_MM_WITH_CUDA:-0} == 1 ]] && echo ' + CUDA'))"
-(cd "$ROOT" && FORCE_CUDA="${ACTNN_MM_WITH_CUDA:-0}" ACTNN_MM_NO_CUDA="$([[ ${ACTNN_MM_WITH_CUDA:-0} == 1 ]] && echo 0 || echo 1)" \
-  "${PIP[@]}" install -q --no-build-isolation --no-deps -e .)
+build_ext
 "$PYV" -c 'import mmcv.ops, mmdet, mmseg, mmpretrain, actnn_mm; print("stack ok: mmcv", mmcv.__version__)'
 echo "$want" > "$STAMP"
 log "environment ready ($VENV)"
