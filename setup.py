@@ -30,7 +30,7 @@ def _extensions() -> list:
     kwargs = dict(
         name='actnn_mm._C',
         sources=[os.path.relpath(s, ROOT) for s in sources],
-        include_dirs=[os.path.join(ROOT, 'csrc')],
+        include_dirs=[os.path.join(ROOT, 'csrc')] + (_build_info.cuda_include_dirs() if with_cuda else []),
         extra_compile_args=_build_info.compile_args(with_cuda),
         define_macros=[('ACTNN_MM_WITH_CUDA', '1')] if with_cuda else [],
     )

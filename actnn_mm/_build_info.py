@@ -67,6 +67,23 @@ def sources(root: str, with_cuda: bool) -> List[str]:
     return found
 
 
+def cuda_include_dirs() -> List[str]:
+    """Headers of the CUDA libraries torch's wheels bring (``nvidia/*/include``).
+
+    A bare toolkit (nvcc + runtime) may lack cuSPARSE/cuBLAS headers that ATen's CUDA headers
+    include; pip-installed torch ships them in the ``nvidia`` namespace package.
+    """
+    try:
+        import nvidia  # namespace package from the nvidia-* wheels torch depends on
+    except ImportError:
+        return []
+    found: List[str] = []
+    for base in getattr(nvidia, '__path__', []):
+        found += sorted(glob.glob(os.path.join(base, '*', 'include')))
+        found += sorted(glob.glob(os.path.join(base, '*', '*', 'include')))
+    return [d for d in found if os.path.isdir(d)]
+
+
 def compile_args(with_cuda: bool) -> dict:
     """C++20 (torch >= 2.5 headers need it), optimised, vectorisable loops."""
     # -ffp-contract=off: the quantization arithmetic must round every operation separately (no
@@ -74,6 +91,8 @@ def compile_args(with_cuda: bool) -> dict:
     cxx = ['-O3', '-std=c++20', '-fopenmp', '-ffp-contract=off']
     args = {'cxx': cxx}
     if with_cuda:
-        args['nvcc'] = ['-O3', '-std=c++20', '--use_fast_math', '-lineinfo',
+        # -ftz=false after --use_fast_math: the kernels' __f*_rn arithmetic and min/max must keep
+        # subnormals like the CPU does, or the packed bytes differ between devices.
+        args['nvcc'] = ['-O3', '-std=c++20', '--use_fast_math', '-ftz=false', '-lineinfo',
                         '--expt-relaxed-constexpr']
     return args
