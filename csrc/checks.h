@@ -6,17 +6,12 @@
 
 #include <optional>
 
+#include "quant_common.h"
+
 namespace actnn {
 
 constexpr int64_t kMaxGroupSize = 4096;
 
-struct Layout {
-  int64_t N;   // samples
-  int64_t D;   // features per sample
-  int64_t G;   // group size
-  int64_t Gs;  // groups per sample (ceil(D / G))
-  int64_t groups() const { return N * Gs; }
-};
 
 inline void check_float_input(const at::Tensor& x, const char* op) {
   const auto t = x.scalar_type();

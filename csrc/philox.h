@@ -72,7 +72,11 @@ ACTNN_HD void philox_block(uint64_t seed, uint64_t offset, uint64_t counter, uin
 
 // Exact uniform in [0, 1): the top 24 bits times 2^-24 (every value representable in fp32).
 ACTNN_HD float uniform01(uint32_t r) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(static_cast<float>(r >> 8), 5.9604644775390625e-08f);
+#else
   return static_cast<float>(r >> 8) * 5.9604644775390625e-08f;
+#endif
 }
 
 }  // namespace actnn

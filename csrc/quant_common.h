@@ -29,6 +29,15 @@ ACTNN_HD float f_div(float a, float b) { return a / b; }
 // True for NaN and +-Inf, without relying on library calls (works the same on host and device).
 ACTNN_HD bool non_finite(float v) { return !(f_sub(v, v) == 0.0f); }
 
+// A tensor seen as [N samples, D features], cut into Gs groups of G per sample (tail padded).
+struct Layout {
+  int64_t N;   // samples
+  int64_t D;   // features per sample
+  int64_t G;   // group size
+  int64_t Gs;  // groups per sample (ceil(D / G))
+  ACTNN_HD int64_t groups() const { return N * Gs; }
+};
+
 ACTNN_HD int max_level(int bits) { return (1 << bits) - 1; }
 
 // Per-group parameters derived from the group's min/max of its valid (unpadded) elements.
@@ -48,6 +57,9 @@ struct GroupParams {
 ACTNN_HD GroupParams group_params(float mn, float mx, bool bad, int bits) {
   GroupParams p;
   const float B = static_cast<float>(max_level(bits));
+  // x + 0 turns -0 into +0: min/max implementations may pick either zero, the result must not.
+  mn = f_add(mn, 0.0f);
+  mx = f_add(mx, 0.0f);
   const float R = f_sub(mx, mn);
   if (bad || non_finite(R)) {
     p.mn = NAN;

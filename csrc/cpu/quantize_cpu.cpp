@@ -132,8 +132,8 @@ void minmax_kernel(const T* x, const Layout& l, float* out) {
       float mn, mx;
       bool bad;
       load_group(x + n * l.D + start, len, buf, mn, mx, bad);
-      out[2 * gi] = bad ? NAN : mn;
-      out[2 * gi + 1] = bad ? NAN : mx;
+      out[2 * gi] = bad ? NAN : f_add(mn, 0.0f);
+      out[2 * gi + 1] = bad ? NAN : f_add(mx, 0.0f);
     }
   });
 }

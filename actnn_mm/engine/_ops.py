@@ -1,0 +1,129 @@
+"""Dispatch between the compiled kernels (``torch.ops.actnn_mm``) and the PyTorch reference.
+
+The extension is loaded on the first call, never at import. Devices without compiled kernels
+(MPS, XPU, a CPU-only build used with CUDA tensors) run ``reference`` with a one-time warning, never
+silently. ``ACTNN_MM_REFERENCE=1`` forces the reference everywhere (debugging).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from typing import Optional, Tuple
+
+import torch
+
+from . import reference
+
+_LOCK = threading.Lock()
+_STATE: dict = {'loaded': False, 'error': None}
+_WARNED: set = set()
+_OPS = ('quantize', 'dequantize', 'group_minmax', 'pack_bits', 'unpack_bits')
+
+
+def _register_fakes() -> None:
+    """Fake (meta) implementations: shapes only, so the ops trace under torch.compile/FakeTensor."""
+
+    @torch.library.register_fake('actnn_mm::quantize')
+    def _quantize_fake(x, num_samples, group_size, bits, sample_bits, sample_offsets,
+                       payload_bytes, stochastic, seed, offset, use_generator, generator):
+        d = x.numel() // num_samples if num_samples else 0
+        gs = -(-d // group_size)
+        return (x.new_empty(payload_bytes, dtype=torch.uint8),
+                x.new_empty(num_samples * gs * 2, dtype=torch.float32))
+
+    @torch.library.register_fake('actnn_mm::dequantize')
+    def _dequantize_fake(payload, meta, num_samples, numel_per_sample, group_size, bits,
+                         sample_bits, sample_offsets, dtype):
+        return payload.new_empty(num_samples * numel_per_sample, dtype=dtype)
+
+    @torch.library.register_fake('actnn_mm::group_minmax')
+    def _minmax_fake(x, num_samples, group_size):
+        d = x.numel() // num_samples if num_samples else 0
+        return x.new_empty(num_samples * (-(-d // group_size)) * 2, dtype=torch.float32)
+
+    @torch.library.register_fake('actnn_mm::pack_bits')
+    def _pack_fake(values, nbits):
+        return values.new_empty((values.numel() + 7) // 8 * nbits, dtype=torch.uint8)
+
+    @torch.library.register_fake('actnn_mm::unpack_bits')
+    def _unpack_fake(packed, numel, nbits):
+        return packed.new_empty(numel, dtype=torch.uint8)
+
+
+def _ensure_loaded() -> bool:
+    """Load (or JIT-build) the extension once; False (with the reason kept) if impossible."""
+    if _STATE['loaded']:
+        return _STATE['error'] is None
+    with _LOCK:
+        if not _STATE['loaded']:
+            try:
+                from .._ext_loader import load_extension
+                load_extension()
+                _register_fakes()
+            except Exception as err:  # noqa: BLE001  (reported through the fallback warning)
+                _STATE['error'] = err
+            _STATE['loaded'] = True
+    return _STATE['error'] is None
+
+
+def has_kernels(device: torch.device) -> bool:
+    """Whether compiled kernels exist for ``device`` (loads the extension on first use)."""
+    if os.environ.get('ACTNN_MM_REFERENCE', '0') == '1' or not _ensure_loaded():
+        return False
+    if device.type == 'cpu':
+        return True
+    if device.type == 'cuda':
+        return torch._C._dispatch_has_kernel_for_dispatch_key('actnn_mm::quantize', 'CUDA')
+    return False
+
+
+def _warn_fallback(device: torch.device) -> None:
+    key = device.type
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    why = (f'the extension could not be loaded ({_STATE["error"]!r})' if _STATE['error']
+           else f'no compiled kernels for device type {device.type!r}')
+    if os.environ.get('ACTNN_MM_REFERENCE', '0') == '1':
+        why = 'ACTNN_MM_REFERENCE=1'
+    warnings.warn(f'actnn_mm: using the slow pure-PyTorch compression path on {device} ({why}); '
+                  'results are identical but much slower and use more temporary memory.',
+                  RuntimeWarning, stacklevel=3)
+
+
+def _impl(name: str, device: torch.device):
+    if has_kernels(device):
+        return getattr(torch.ops.actnn_mm, name)
+    _warn_fallback(device)
+    return getattr(reference, name)
+
+
+def quantize(x: torch.Tensor, num_samples: int, group_size: int, bits: int,
+             sample_bits: Optional[torch.Tensor], sample_offsets: Optional[torch.Tensor],
+             payload_bytes: int, stochastic: bool, seed: int, offset: int, use_generator: bool,
+             generator: Optional[torch.Generator]) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _impl('quantize', x.device)(x, num_samples, group_size, bits, sample_bits,
+                                       sample_offsets, payload_bytes, stochastic, seed, offset,
+                                       use_generator, generator)
+
+
+def dequantize(payload: torch.Tensor, meta: torch.Tensor, num_samples: int,
+               numel_per_sample: int, group_size: int, bits: int,
+               sample_bits: Optional[torch.Tensor], sample_offsets: Optional[torch.Tensor],
+               dtype: torch.dtype) -> torch.Tensor:
+    return _impl('dequantize', payload.device)(payload, meta, num_samples, numel_per_sample,
+                                               group_size, bits, sample_bits, sample_offsets,
+                                               dtype)
+
+
+def group_minmax(x: torch.Tensor, num_samples: int, group_size: int) -> torch.Tensor:
+    return _impl('group_minmax', x.device)(x, num_samples, group_size)
+
+
+def pack_bits(values: torch.Tensor, nbits: int) -> torch.Tensor:
+    return _impl('pack_bits', values.device)(values, nbits)
+
+
+def unpack_bits(packed: torch.Tensor, numel: int, nbits: int) -> torch.Tensor:
+    return _impl('unpack_bits', packed.device)(packed, numel, nbits)

@@ -1,0 +1,98 @@
+"""``BitAllocator``: average bits per layer, re-solved across layers every K steps.
+
+Why every K steps from cached statistics: the cross-layer solve needs every layer's
+sensitivity on the host (a greedy over L x 7 items); reading them is one device-to-host transfer
+for all layers together, done once per ``realloc_interval`` steps (GACT re-solves every 1000),
+instead of ActNN's one synchronisation per layer per step. Between solves each layer keeps its
+average and still allocates per sample on device every step (``LayerScheme.compress``).
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Dict, List, Optional
+
+import torch
+
+from .allocation import allocate_layers
+from .config import CompressionConfig
+from .scheme import LayerScheme
+
+
+class BitAllocator:
+    """Owns the schemes of one model (one config); ``step()`` once per training iteration."""
+
+    def __init__(self, config: CompressionConfig, interval: Optional[int] = None) -> None:
+        if not isinstance(config, CompressionConfig):
+            raise ValueError(f'config must be a CompressionConfig, got {type(config).__name__}')
+        interval = config.realloc_interval if interval is None else interval
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise ValueError(f'interval must be an int >= 1, got {interval!r}')
+        self.config = config
+        self.interval = interval
+        self.steps = 0
+        self.solves = 0
+        self._schemes: List[weakref.ref] = []
+
+    def register(self, scheme: LayerScheme) -> LayerScheme:
+        if not isinstance(scheme, LayerScheme):
+            raise ValueError(f'scheme must be a LayerScheme, got {type(scheme).__name__}')
+        if scheme.allocator is not self:
+            scheme.allocator = self
+            self._schemes.append(weakref.ref(scheme))
+        return scheme
+
+    def scheme(self, kind: str = 'conv', kernel_area: int = 1, groups: int = 1,
+               name: str = '') -> LayerScheme:
+        """A new registered ``LayerScheme`` with this allocator's config."""
+        return LayerScheme(self.config, kind, kernel_area, groups, name, allocator=self)
+
+    @property
+    def schemes(self) -> List[LayerScheme]:
+        alive = [s for s in (r() for r in self._schemes) if s is not None]
+        self._schemes = [weakref.ref(s) for s in alive]
+        return alive
+
+    def step(self) -> bool:
+        """Count one iteration; re-solve after the first and then every ``interval``. True if
+        it solved (the only place that reads device statistics on the host)."""
+        self.steps += 1
+        cfg = self.config
+        if not (cfg.enabled and cfg.per_layer):
+            return False
+        if self.steps == 1 or self.steps % self.interval == 0:
+            return self.solve()
+        return False
+
+    def solve(self) -> bool:
+        """Cross-layer greedy on the statistics cached since the last solve."""
+        ready = [s for s in self.schemes if s.enabled and s.has_stats() and s.samples > 0]
+        if not ready:
+            return False
+        # One stacked transfer for all layers: the only host read of device statistics.
+        sens = [s.sensitivity_tensor().float().reshape(()) for s in ready]
+        if len({t.device for t in sens}) > 1:  # model split over devices: one read per device
+            sens = [t.cpu() for t in sens]
+        values = torch.stack(sens).cpu().tolist()
+        cfg = self.config
+        bits = allocate_layers(values, [s.features for s in ready], [s.samples for s in ready],
+                               float(cfg.bits), cfg.min_bits, cfg.max_bits)
+        for s, b in zip(ready, bits):
+            s.layer_bits = b
+            s.reset_stats()
+        self.solves += 1
+        return True
+
+    def layer_bits(self) -> Dict[str, float]:
+        """Current average bits per layer, by scheme name."""
+        return {s.name: s.layer_bits for s in self.schemes}
+
+    def state_dict(self) -> dict:
+        return {'steps': self.steps, 'solves': self.solves, 'layer_bits': self.layer_bits()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state.get('steps', 0))
+        self.solves = int(state.get('solves', 0))
+        bits = state.get('layer_bits', {})
+        for s in self.schemes:
+            if s.name in bits:
+                s.layer_bits = float(bits[s.name])

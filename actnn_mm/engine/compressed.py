@@ -1,0 +1,179 @@
+"""``compress`` / ``decompress`` and the ``CompressedTensor`` they exchange.
+
+Format (see docs/engine.md): each sample's features, in memory order, in groups of ``group_size``
+(tail zero-padded); per group a float32 (min, step); codes of ``b`` bits packed 8 per ``b`` bytes.
+Bits are uniform (1, 2, 4, 8) or per sample (int32 [N], 1..8) with per-sample byte offsets.
+16 and 32 bits keep the tensor as it is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Tuple, Union
+
+import torch
+
+from . import _ops
+from .layout import SampleLayout, as_int64, check_float_tensor, check_group_size, flatten_samples
+
+UNIFORM_BITS = (1, 2, 4, 8)
+PASSTHROUGH_BITS = (16, 32)
+
+
+@dataclass(eq=False)
+class CompressedTensor:
+    """A quantized activation: packed codes, per-group (min, step), and what restores the tensor.
+
+    ``payload`` is the packed uint8 codes (or, for 16/32 bits, the original tensor itself),
+    ``meta`` float32 [N * Gs * 2] holds (min, step) per group, ``bits`` an int or an int32 [N]
+    tensor with ``offsets`` (int64 [N], byte offset of each sample's codes).
+    """
+
+    payload: torch.Tensor
+    meta: Optional[torch.Tensor]
+    bits: Union[int, torch.Tensor]
+    offsets: Optional[torch.Tensor]
+    layout: SampleLayout
+    dtype: torch.dtype
+    device: torch.device
+    group_size: int
+    swap: Any = field(default=None, repr=False)  # set by the L4 swapper (actnn_mm.engine.swap)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.layout.shape
+
+    @property
+    def is_raw(self) -> bool:
+        """True when stored as is (16/32 bits): ``payload`` is the tensor."""
+        return self.meta is None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes actually held: payload + metadata (+ per-sample bits and offsets)."""
+        total = self.payload.numel() * self.payload.element_size()
+        for t in (self.meta, self.offsets):
+            if t is not None:
+                total += t.numel() * t.element_size()
+        if isinstance(self.bits, torch.Tensor):
+            total += self.bits.numel() * self.bits.element_size()
+        return total
+
+    def tensors(self) -> Tuple[Optional[torch.Tensor], ...]:
+        bits = self.bits if isinstance(self.bits, torch.Tensor) else None
+        return self.payload, self.meta, bits, self.offsets
+
+
+def payload_bytes(layout: SampleLayout, group_size: int, bits_total: int) -> int:
+    """Packed bytes for ``bits_total`` = bits x samples (sum of per-sample bits)."""
+    return layout.groups_per_sample(group_size) * (group_size // 8) * bits_total
+
+
+def _check_bits_tensor(bits: torch.Tensor, x: torch.Tensor, n: int,
+                       bits_sum: Optional[int]) -> Tuple[torch.Tensor, int]:
+    if bits.dtype.is_floating_point or bits.dtype.is_complex or bits.dtype == torch.bool:
+        raise ValueError(f'bits must be an int or an integer tensor of per-sample bits, '
+                         f'got a {bits.dtype} tensor')
+    if bits.device != x.device:
+        raise ValueError(f'bits is on {bits.device} but x is on {x.device}; per-sample bits must '
+                         'be on the same device as x')
+    if bits.dim() != 1 or bits.numel() != n:
+        raise ValueError(f'bits must have shape [{n}] (one value per sample), got '
+                         f'{tuple(bits.shape)}')
+    bits = bits.to(torch.int32).contiguous()
+    if bits_sum is None or bits.device.type == 'cpu':
+        # Host-side check (free on CPU; a sync on accelerators, which bits_sum avoids).
+        if n and (int(bits.min()) < 1 or int(bits.max()) > 8):
+            raise ValueError(f'per-sample bits must be in 1..8, got values in '
+                             f'[{int(bits.min())}, {int(bits.max())}]')
+        total = int(bits.sum())
+        if bits_sum is not None and bits_sum != total:
+            raise ValueError(f'bits_sum={bits_sum} but the per-sample bits sum to {total}')
+        return bits, total
+    ok = ((bits >= 1) & (bits <= 8)).all() & (bits.sum() == bits_sum)
+    torch._assert_async(ok, 'actnn_mm.compress: per-sample bits must be in 1..8 and sum to bits_sum')
+    return bits, int(bits_sum)
+
+
+def _random_stream(x: torch.Tensor, generator: Optional[torch.Generator], seed: Optional[int],
+                   offset: int) -> Tuple[bool, int, int]:
+    """(use_generator, seed, offset) for the op: an explicit seed, else the torch generator."""
+    if seed is not None:
+        if not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise ValueError(f'seed must be an int in [0, 2**64), got {seed!r}')
+        return False, as_int64(seed), as_int64(offset)
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f'generator must be a torch.Generator, got {type(generator).__name__}')
+        if generator.device.type != x.device.type:
+            raise ValueError(f'generator is on {generator.device} but x is on {x.device}')
+    return True, 0, 0
+
+
+def compress(x: torch.Tensor, bits: Union[int, torch.Tensor] = 2, *, group_size: int = 256,
+             stochastic: bool = True, generator: Optional[torch.Generator] = None,
+             seed: Optional[int] = None, offset: int = 0,
+             bits_sum: Optional[int] = None) -> CompressedTensor:
+    """Quantize ``x`` per group with ``bits`` (1, 2, 4, 8; 16/32 = kept as is; or int tensor [N]).
+
+    Stochastic rounding (unbiased) draws from ``generator`` (default: the device's) or, with
+    ``seed`` (and ``offset``), from that Philox stream: the same seed gives the same bytes on
+    every device. ``stochastic=False`` rounds to nearest (deterministic, for tests).
+    ``bits_sum``: the sum of per-sample bits when the caller knows it on the host; with it a
+    CUDA tensor of bits is used without any device-to-host synchronisation.
+    """
+    if not isinstance(bits, torch.Tensor) and (
+            isinstance(bits, bool) or not isinstance(bits, int)
+            or bits not in UNIFORM_BITS + PASSTHROUGH_BITS):
+        raise ValueError(f'bits must be one of {UNIFORM_BITS + PASSTHROUGH_BITS} or an integer '
+                         f'tensor of per-sample bits, got {bits!r}')
+    return _compress_impl(x, bits, group_size=group_size, stochastic=stochastic,
+                          generator=generator, seed=seed, offset=offset, bits_sum=bits_sum)
+
+
+def _compress_impl(x: torch.Tensor, bits: Union[int, torch.Tensor], *, group_size: int = 256,
+                   stochastic: bool = True, generator: Optional[torch.Generator] = None,
+                   seed: Optional[int] = None, offset: int = 0,
+                   bits_sum: Optional[int] = None) -> CompressedTensor:
+    """``compress`` accepting any uniform bits in 1..8 (per-layer allocation may pick 3, 5..)."""
+    check_float_tensor(x)
+    check_group_size(group_size)
+    x = x.detach()
+    buf, layout = flatten_samples(x)
+    n = layout.num_samples
+    use_gen, s, o = _random_stream(x, generator, seed, offset)
+    if isinstance(bits, torch.Tensor):
+        sample_bits, total = _check_bits_tensor(bits, x, n, bits_sum)
+        per_bit = layout.groups_per_sample(group_size) * (group_size // 8)
+        sizes = sample_bits.to(torch.int64) * per_bit
+        offsets = torch.cumsum(sizes, 0) - sizes
+        nbytes = payload_bytes(layout, group_size, total)
+        payload, meta = _ops.quantize(buf, n, group_size, 0, sample_bits, offsets, nbytes,
+                                      bool(stochastic), s, o, use_gen, generator)
+        return CompressedTensor(payload, meta, sample_bits, offsets, layout, x.dtype, x.device,
+                                group_size)
+    if bits in PASSTHROUGH_BITS:
+        return CompressedTensor(x, None, bits, None, layout, x.dtype, x.device, group_size)
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise ValueError(f'bits must be an int in 1..8 (or 16/32), got {bits!r}')
+    nbytes = payload_bytes(layout, group_size, bits * n)
+    payload, meta = _ops.quantize(buf, n, group_size, bits, None, None, nbytes, bool(stochastic),
+                                  s, o, use_gen, generator)
+    return CompressedTensor(payload, meta, bits, None, layout, x.dtype, x.device, group_size)
+
+
+def decompress(c: CompressedTensor) -> torch.Tensor:
+    """Inverse of ``compress``: same shape, dtype, device and memory format (strides)."""
+    if not isinstance(c, CompressedTensor):
+        raise ValueError(f'decompress expects a CompressedTensor, got {type(c).__name__}')
+    if c.swap is not None:
+        c.swap.fetch(c)  # L4: bring the payload back from host memory (prefetched if possible)
+    if c.is_raw:
+        return c.payload
+    lay = c.layout
+    if isinstance(c.bits, torch.Tensor):
+        flat = _ops.dequantize(c.payload, c.meta, lay.num_samples, lay.numel_per_sample,
+                               c.group_size, 0, c.bits, c.offsets, c.dtype)
+    else:
+        flat = _ops.dequantize(c.payload, c.meta, lay.num_samples, lay.numel_per_sample,
+                               c.group_size, c.bits, None, None, c.dtype)
+    return lay.restore(flat)

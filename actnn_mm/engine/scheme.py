@@ -1,0 +1,169 @@
+"""``LayerScheme``: how one layer compresses what it saves for backward.
+
+Q-layers call ``compress`` in forward and ``decompress`` in backward, and ``observe_grad`` with
+the gradient of their output. With mixed precision the scheme chooses bits per sample on device
+every step (sensitivity from the current batch's group ranges) within the layer's average bits,
+which a ``BitAllocator`` re-solves across layers every K steps from statistics the schemes
+accumulate on device. Nothing here reads a device value on the host.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+from .allocation import allocate_per_sample
+from .compressed import CompressedTensor, _compress_impl, decompress, payload_bytes
+from .config import CompressionConfig
+from .layout import FLOAT_DTYPES, flatten_samples, num_samples_of
+from . import _ops
+
+KINDS = ('conv', 'linear', 'norm', 'generic')
+
+
+class LayerScheme:
+    """Per-layer compression policy and statistics.
+
+    kind: 'conv' | 'linear' | 'norm' | 'generic' (what the layer is; norm inputs follow
+        ``config.compress_norm``). kernel_area / groups: the conv's kernel size product and
+        groups (sensitivity = kernel_area / groups / 4 * sum of squared group ranges
+        * group_size / pixels * grad scale; norm layers use the ranges alone).
+    """
+
+    def __init__(self, config: CompressionConfig, kind: str = 'conv', kernel_area: int = 1,
+                 groups: int = 1, name: str = '', allocator: Optional['object'] = None) -> None:
+        if not isinstance(config, CompressionConfig):
+            raise ValueError(f'config must be a CompressionConfig, got {type(config).__name__}')
+        if kind not in KINDS:
+            raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
+        if not isinstance(kernel_area, int) or kernel_area < 1:
+            raise ValueError(f'kernel_area must be an int >= 1, got {kernel_area!r}')
+        if not isinstance(groups, int) or groups < 1:
+            raise ValueError(f'groups must be an int >= 1, got {groups!r}')
+        self.config = config
+        self.kind = kind
+        self.kernel_area = kernel_area
+        self.groups = groups
+        self.name = name
+        # Average bits of this layer; the allocator overwrites it when it re-solves (host float).
+        self.layer_bits: float = float(config.bits)
+        # Cached statistics (device scalars, accumulated without host reads) and host counters.
+        self._rsq_acc: Optional[torch.Tensor] = None
+        self._rsq_count = 0
+        self._grad_acc: Optional[torch.Tensor] = None
+        self._grad_count = 0
+        self.features = 0   # packed elements per sample (last seen), for the allocator
+        self.samples = 0    # samples per batch (last seen)
+        self.allocator = None
+        if allocator is not None:
+            allocator.register(self)
+
+    # ---- policy ---------------------------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        cfg = self.config
+        return bool(cfg.enabled) and (self.kind != 'norm' or cfg.compress_norm)
+
+    @property
+    def coefficient(self) -> float:
+        return 1.0 if self.kind == 'norm' else self.kernel_area / self.groups / 4.0
+
+    def _pixels(self, x: torch.Tensor, d: int) -> int:
+        if self.kind in ('conv', 'norm') and x.dim() >= 3:
+            return max(1, d // int(x.shape[1]))
+        if self.kind == 'linear' and x.dim() >= 2:
+            return max(1, d // int(x.shape[-1]))
+        return 1
+
+    def _worth_it(self, x: torch.Tensor, n: int, avg_bits: float) -> bool:
+        """Compressed size (payload + metadata) below the original size?"""
+        d = x.numel() // n
+        gs = -(-d // self.config.group_size)
+        est = n * gs * (self.config.group_size / 8 * avg_bits + 8)
+        if self.config.per_sample:
+            est += 12 * n
+        return est < x.numel() * x.element_size()
+
+    def _skip(self, x: torch.Tensor) -> bool:
+        return (not self.enabled or not isinstance(x, torch.Tensor) or x.dtype not in FLOAT_DTYPES
+                or x.numel() == 0 or x.numel() < self.config.min_numel
+                or isinstance(x, torch.nn.Parameter))
+
+    # ---- forward / backward ---------------------------------------------------------------
+    def compress(self, x: torch.Tensor) -> Union[CompressedTensor, torch.Tensor]:
+        """Compressed form of ``x`` (or ``x`` itself when disabled / not worth it: exact)."""
+        if self._skip(x):
+            return x
+        cfg = self.config
+        n = num_samples_of(x)
+        avg = self.layer_bits if cfg.per_layer else float(cfg.bits)
+        if not self._worth_it(x, n, avg if cfg.mixed else float(cfg.bits)):
+            return x
+        if cfg.defrag and x.is_cuda:
+            from .memory import enable_expandable_segments
+            enable_expandable_segments()
+        g = cfg.group_size
+        self.samples = n
+        self.features = -(-(x.numel() // n) // g) * g
+        if cfg.per_sample:
+            total = min(max(int(round(avg * n)), cfg.min_bits * n), cfg.max_bits * n)
+            buf, _ = flatten_samples(x.detach())
+            mm = _ops.group_minmax(buf, n, g).reshape(n, -1, 2)
+            rsq = (mm[..., 1] - mm[..., 0]).pow(2).sum(1)           # [N] sum of R^2
+            self._record_rsq(rsq, x)
+            bits = allocate_per_sample(rsq, total, cfg.min_bits, cfg.max_bits)
+            c = _compress_impl(x, bits, group_size=g, stochastic=cfg.stochastic, bits_sum=total)
+        else:
+            b = int(min(max(round(avg), cfg.min_bits), cfg.max_bits)) if cfg.mixed else int(cfg.bits)
+            c = _compress_impl(x, b, group_size=g, stochastic=cfg.stochastic)
+            if cfg.per_layer and isinstance(c, CompressedTensor) and c.meta is not None:
+                m = c.meta.reshape(n, -1, 2)
+                self._record_rsq((m[..., 1] * float((1 << b) - 1)).pow(2).sum(1), x)
+        if cfg.swap:
+            from .swap import default_swapper
+            default_swapper().offload(c)
+        return c
+
+    def decompress(self, saved: Union[CompressedTensor, torch.Tensor]) -> torch.Tensor:
+        """Inverse of ``compress`` (identity for a tensor kept exact)."""
+        if isinstance(saved, CompressedTensor):
+            return decompress(saved)
+        return saved
+
+    def observe_grad(self, grad_output: Optional[torch.Tensor]) -> None:
+        """Accumulate the layer's gradient scale (mean squared norm per sample) on device."""
+        if grad_output is None or not self.enabled or not self.config.per_layer:
+            return
+        g = grad_output.detach()
+        n = max(1, num_samples_of(g))
+        scale = g.float().pow(2).sum() / n
+        self._grad_acc = scale if self._grad_acc is None else self._grad_acc + scale
+        self._grad_count += 1
+
+    # ---- statistics for the allocator -----------------------------------------------------
+    def _record_rsq(self, rsq: torch.Tensor, x: torch.Tensor) -> None:
+        if not self.config.per_layer:
+            return
+        d = x.numel() // max(1, num_samples_of(x))
+        rs = torch.nan_to_num(rsq.float(), nan=0.0, posinf=0.0).mean() * (
+            self.config.group_size / self._pixels(x, d))
+        self._rsq_acc = rs if self._rsq_acc is None else self._rsq_acc + rs
+        self._rsq_count += 1
+
+    def has_stats(self) -> bool:
+        return self._rsq_count > 0
+
+    def sensitivity_tensor(self) -> torch.Tensor:
+        """Per-sample sensitivity averaged since the last solve (a device scalar, no sync)."""
+        rsq = self._rsq_acc / self._rsq_count
+        if self.kind == 'norm' or self._grad_count == 0:
+            return rsq * self.coefficient
+        return rsq * self.coefficient * (self._grad_acc / self._grad_count)
+
+    def reset_stats(self) -> None:
+        self._rsq_acc, self._rsq_count = None, 0
+        self._grad_acc, self._grad_count = None, 0
+
+    def __repr__(self) -> str:
+        return (f'LayerScheme(name={self.name!r}, kind={self.kind!r}, level={self.config.level}, '
+                f'layer_bits={self.layer_bits:.3g})')

@@ -1,0 +1,535 @@
+// CUDA kernels: one fused pass per direction.
+//   quantize:   load group (16-byte vector loads) -> warp min/max -> Philox -> quantize -> pack
+//   dequantize: load packed bytes -> unpack -> dequantize -> 16-byte vector stores
+// One warp owns one group (256 elements = 8 per lane at the default group size); a grid-stride
+// loop with int64 indices covers any number of groups, so tensors over 2^31 elements and over
+// 65,535 samples need nothing special. Kernels run on the current stream and never synchronise
+// with the host; the random stream comes from the CUDA generator's graph-safe Philox state.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <ATen/cuda/PhiloxUtils.cuh>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <mutex>
+#include <optional>
+
+#include "checks.h"
+#include "quant_common.h"
+
+namespace actnn {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarpsPerBlock = kThreads / 32;
+
+// Explicit conversions (torch builds with __CUDA_NO_HALF_CONVERSIONS__); all round to nearest even
+// like c10::Half / c10::BFloat16 on the host.
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T>
+__device__ __forceinline__ T from_f(float v);
+template <>
+__device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+__device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+__device__ __forceinline__ int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// 8 consecutive elements -> fp32. `vec`: the 8 elements are in range and 16-byte aligned.
+template <typename T>
+__device__ __forceinline__ void load8(const T* __restrict__ p, bool vec, int valid, float out[8]) {
+  if (vec) {
+    if constexpr (sizeof(T) == 4) {
+      const float4 a = reinterpret_cast<const float4*>(p)[0];
+      const float4 b = reinterpret_cast<const float4*>(p)[1];
+      out[0] = a.x; out[1] = a.y; out[2] = a.z; out[3] = a.w;
+      out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
+    } else {
+      const uint4 raw = *reinterpret_cast<const uint4*>(p);
+      const T* h = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) out[j] = to_f(h[j]);
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) out[j] = j < valid ? to_f(p[j]) : 0.0f;
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void store8(T* __restrict__ p, bool vec, int valid, const float v[8]) {
+  if (vec) {
+    if constexpr (sizeof(T) == 4) {
+      reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+      reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+    } else {
+      uint4 raw;
+      T* h = reinterpret_cast<T*>(&raw);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) h[j] = from_f<T>(v[j]);
+      *reinterpret_cast<uint4*>(p) = raw;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      if (j < valid) p[j] = from_f<T>(v[j]);
+  }
+}
+
+__device__ __forceinline__ void store_packed(uint8_t* dst, uint64_t v, int nbytes) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(dst);
+  if (nbytes == 1) {
+    *dst = static_cast<uint8_t>(v);
+  } else if (nbytes == 2 && a % 2 == 0) {
+    *reinterpret_cast<uint16_t*>(dst) = static_cast<uint16_t>(v);
+  } else if (nbytes == 4 && a % 4 == 0) {
+    *reinterpret_cast<uint32_t*>(dst) = static_cast<uint32_t>(v);
+  } else if (nbytes == 8 && a % 8 == 0) {
+    *reinterpret_cast<uint64_t*>(dst) = v;
+  } else {
+    store_bytes(dst, v, nbytes);
+  }
+}
+
+__device__ __forceinline__ uint64_t load_packed(const uint8_t* src, int nbytes) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(src);
+  if (nbytes == 1) return *src;
+  if (nbytes == 2 && a % 2 == 0) return *reinterpret_cast<const uint16_t*>(src);
+  if (nbytes == 4 && a % 4 == 0) return *reinterpret_cast<const uint32_t*>(src);
+  if (nbytes == 8 && a % 8 == 0) return *reinterpret_cast<const uint64_t*>(src);
+  return load_bytes(src, nbytes);
+}
+
+struct SampleBits {
+  int bits;
+  const int32_t* sample_bits;
+  const int64_t* sample_offsets;
+  int64_t payload_bytes;
+  // Bits and byte offset of group gi; false when the per-sample tables are inconsistent (then
+  // nothing is written out of bounds and the group decodes to NaN).
+  __device__ __forceinline__ bool locate(const Layout& l, int64_t n, int64_t g, int& b,
+                                         int64_t& base) const {
+    b = sample_bits ? sample_bits[n] : bits;
+    if (b < 1 || b > 8) return false;
+    const int64_t group_bytes = (l.G / 8) * b;
+    base = (sample_offsets ? sample_offsets[n] : n * l.Gs * group_bytes) + g * group_bytes;
+    return base >= 0 && base + group_bytes <= payload_bytes;
+  }
+};
+
+__device__ __forceinline__ float warp_min(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fminf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ int warp_or(int v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v |= __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Loads this lane's chunks of group gi and reduces (min, max, any non-finite) over the warp.
+template <typename T, int CPL, bool VEC>
+__device__ __forceinline__ void load_group(const T* __restrict__ x, const Layout& l, int64_t n,
+                                           int64_t g, int lane, float v[CPL][8], float& mn,
+                                           float& mx, bool& bad) {
+  const int64_t chunks = l.G / 8;
+  const int64_t start = g * l.G;
+  const int64_t len = imin(l.G, l.D - start);
+  const T* src = x + n * l.D + start;
+  float lo = INFINITY, hi = -INFINITY;
+  int nf = 0;
+#pragma unroll
+  for (int k = 0; k < CPL; ++k) {
+    const int64_t c = lane + 32 * k;
+    const int64_t e0 = 8 * c;
+    const int valid = c < chunks ? static_cast<int>(imax(0, imin(8, len - e0))) : 0;
+    if (valid > 0) {
+      load8(src + e0, VEC && valid == 8, valid, v[k]);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        if (j < valid) {
+          lo = fminf(lo, v[k][j]);
+          hi = fmaxf(hi, v[k][j]);
+          nf |= static_cast<int>(non_finite(v[k][j]));
+        }
+      }
+    }
+  }
+  mn = warp_min(lo);
+  mx = warp_max(hi);
+  bad = warp_or(nf) != 0;
+}
+
+template <typename T, int CPL, bool VEC>
+__global__ void __launch_bounds__(kThreads)
+    quantize_kernel(const T* __restrict__ x, Layout l, SampleBits sb, bool stochastic,
+                    at::PhiloxCudaState rng, uint8_t* __restrict__ payload,
+                    float2* __restrict__ meta) {
+  const auto seeds = at::cuda::philox::unpack(rng);
+  const uint64_t seed = std::get<0>(seeds), offset = std::get<1>(seeds);
+  const int lane = threadIdx.x & 31;
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int64_t nwarps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
+  const int64_t chunks = l.G / 8;
+  for (int64_t gi = warp; gi < l.groups(); gi += nwarps) {
+    const int64_t n = gi / l.Gs, g = gi - n * l.Gs;
+    float v[CPL][8];
+    float mn, mx;
+    bool bad;
+    load_group<T, CPL, VEC>(x, l, n, g, lane, v, mn, mx, bad);
+    int b;
+    int64_t base;
+    const bool ok = sb.locate(l, n, g, b, base);
+    const GroupParams p = group_params(mn, mx, bad, ok ? b : 1);
+    if (lane == 0) meta[gi] = ok ? make_float2(p.mn, p.step) : make_float2(NAN, NAN);
+    if (!ok) continue;
+    const int64_t len = imin(l.G, l.D - g * l.G);
+#pragma unroll
+    for (int k = 0; k < CPL; ++k) {
+      const int64_t c = lane + 32 * k;
+      if (c >= chunks) break;
+      float u[8];
+      if (stochastic) {
+        uint32_t r[4];
+        const uint64_t ctr = static_cast<uint64_t>(gi) * static_cast<uint64_t>(l.G / 4) + 2 * c;
+        philox_block(seed, offset, ctr, r);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) u[j] = uniform01(r[j]);
+        philox_block(seed, offset, ctr + 1, r);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) u[4 + j] = uniform01(r[j]);
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) u[j] = 0.5f;
+      }
+      uint32_t q[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        q[j] = (8 * c + j < len) ? quantize_value(v[k][j], p, u[j], b) : 0u;
+      store_packed(payload + base + c * b, pack8(q, b), b);
+    }
+  }
+}
+
+template <typename T, int CPL, bool VEC>
+__global__ void __launch_bounds__(kThreads)
+    dequantize_kernel(const uint8_t* __restrict__ payload, const float2* __restrict__ meta,
+                      Layout l, SampleBits sb, T* __restrict__ out) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int64_t nwarps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
+  const int64_t chunks = l.G / 8;
+  for (int64_t gi = warp; gi < l.groups(); gi += nwarps) {
+    const int64_t n = gi / l.Gs, g = gi - n * l.Gs;
+    const int64_t start = g * l.G;
+    const int64_t len = imin(l.G, l.D - start);
+    T* dst = out + n * l.D + start;
+    int b;
+    int64_t base;
+    const bool ok = sb.locate(l, n, g, b, base);
+    const float2 mp = ok ? meta[gi] : make_float2(NAN, NAN);
+#pragma unroll
+    for (int k = 0; k < CPL; ++k) {
+      const int64_t c = lane + 32 * k;
+      if (c >= chunks) break;
+      const int64_t e0 = 8 * c;
+      if (e0 >= len) break;
+      const int valid = static_cast<int>(imin(8, len - e0));
+      uint32_t q[8];
+      if (ok) {
+        unpack8(load_packed(payload + base + c * b, b), b, q);
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) q[j] = 0u;
+      }
+      float r[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) r[j] = dequantize_value(q[j], mp.x, mp.y);
+      store8(dst + e0, VEC && valid == 8, valid, r);
+    }
+  }
+}
+
+template <typename T, int CPL, bool VEC>
+__global__ void __launch_bounds__(kThreads)
+    minmax_kernel(const T* __restrict__ x, Layout l, float2* __restrict__ out) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int64_t nwarps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
+  for (int64_t gi = warp; gi < l.groups(); gi += nwarps) {
+    const int64_t n = gi / l.Gs, g = gi - n * l.Gs;
+    float v[CPL][8];
+    float mn, mx;
+    bool bad;
+    load_group<T, CPL, VEC>(x, l, n, g, lane, v, mn, mx, bad);
+    if (lane == 0) {
+      out[gi] = bad ? make_float2(NAN, NAN) : make_float2(f_add(mn, 0.0f), f_add(mx, 0.0f));
+    }
+  }
+}
+
+template <typename T>
+__global__ void pack_kernel(const T* __restrict__ v, int64_t numel, int nbits,
+                            uint8_t* __restrict__ out) {
+  const uint32_t mask = (1u << nbits) - 1u;
+  const int64_t nchunks = (numel + 7) / 8;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < nchunks;
+       c += stride) {
+    uint32_t q[8];
+    const int64_t i0 = 8 * c;
+    if constexpr (sizeof(T) == 1) {
+      if (i0 + 8 <= numel && reinterpret_cast<uintptr_t>(v + i0) % 8 == 0) {
+        const uint64_t raw = *reinterpret_cast<const uint64_t*>(v + i0);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) q[j] = static_cast<uint32_t>((raw >> (8 * j)) & 0xFF) & mask;
+        store_packed(out + c * nbits, pack8(q, nbits), nbits);
+        continue;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      q[j] = i0 + j < numel ? (static_cast<uint32_t>(v[i0 + j]) & mask) : 0u;
+    store_packed(out + c * nbits, pack8(q, nbits), nbits);
+  }
+}
+
+__global__ void unpack_kernel(const uint8_t* __restrict__ packed, int64_t numel, int nbits,
+                              uint8_t* __restrict__ out) {
+  const int64_t nchunks = (numel + 7) / 8;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < nchunks;
+       c += stride) {
+    uint32_t q[8];
+    unpack8(load_packed(packed + c * nbits, nbits), nbits, q);
+    const int64_t i0 = 8 * c;
+    if (i0 + 8 <= numel && reinterpret_cast<uintptr_t>(out + i0) % 8 == 0) {
+      uint64_t raw = 0;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) raw |= static_cast<uint64_t>(q[j]) << (8 * j);
+      *reinterpret_cast<uint64_t*>(out + i0) = raw;
+    } else {
+      for (int j = 0; j < 8 && i0 + j < numel; ++j) out[i0 + j] = static_cast<uint8_t>(q[j]);
+    }
+  }
+}
+
+// ---- launch helpers ------------------------------------------------------------------------
+
+int64_t grid_for(int64_t work_items, int64_t items_per_block) {
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t want = (work_items + items_per_block - 1) / items_per_block;
+  return std::max<int64_t>(1, std::min<int64_t>(want, sms * 64));
+}
+
+template <typename T>
+bool vector_ok(const void* p, const Layout& l) {
+  constexpr int64_t per16 = 16 / sizeof(T);
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0 && l.D % per16 == 0;
+}
+
+// Calls f.template operator()<CPL, VEC>() with CPL = chunks of 8 per lane covering the group.
+template <typename T, typename F>
+void dispatch_cpl(const Layout& l, bool vec, F&& f) {
+  const int64_t chunks = l.G / 8;
+  auto by_vec = [&](auto cpl) {
+    constexpr int C = decltype(cpl)::value;
+    if (vec) f.template operator()<C, true>();
+    else f.template operator()<C, false>();
+  };
+  if (chunks <= 32) by_vec(std::integral_constant<int, 1>{});
+  else if (chunks <= 64) by_vec(std::integral_constant<int, 2>{});
+  else if (chunks <= 128) by_vec(std::integral_constant<int, 4>{});
+  else if (chunks <= 256) by_vec(std::integral_constant<int, 8>{});
+  else by_vec(std::integral_constant<int, 16>{});
+}
+
+#define ACTNN_DISPATCH_FLOAT_CUDA(TYPE, NAME, ...)                                 \
+  [&] {                                                                            \
+    switch (TYPE) {                                                                \
+      case at::kFloat: { using scalar_t = float; return __VA_ARGS__(); }           \
+      case at::kHalf: { using scalar_t = __half; return __VA_ARGS__(); }           \
+      case at::kBFloat16: { using scalar_t = __nv_bfloat16; return __VA_ARGS__(); } \
+      default: TORCH_CHECK(false, NAME, ": unsupported dtype ", TYPE);             \
+    }                                                                              \
+  }()
+
+at::PhiloxCudaState rng_state(const at::Device& device, bool use_generator, int64_t seed,
+                              int64_t offset, const std::optional<at::Generator>& generator) {
+  if (!use_generator) {
+    return at::PhiloxCudaState(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
+  }
+  if (generator.has_value() && generator->defined()) {
+    TORCH_CHECK(generator->device() == device, "actnn_mm.quantize: generator is on ",
+                generator->device(), " but x is on ", device);
+  }
+  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
+      generator, at::cuda::detail::getDefaultCUDAGenerator(device.index()));
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  // Each call consumes its own `offset` (counter words 2..3); the element index fills words 0..1.
+  return gen->philox_cuda_state(4);
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_cuda(const at::Tensor& x, int64_t num_samples,
+                                                 int64_t group_size, int64_t bits,
+                                                 const std::optional<at::Tensor>& sample_bits,
+                                                 const std::optional<at::Tensor>& sample_offsets,
+                                                 int64_t payload_bytes, bool stochastic,
+                                                 int64_t seed, int64_t offset, bool use_generator,
+                                                 std::optional<at::Generator> generator) {
+  check_float_input(x, "quantize");
+  const Layout l = make_layout(x.numel(), num_samples, group_size, "quantize");
+  check_sample_bits(sample_bits, sample_offsets, bits, l, x.device(), "quantize");
+  if (!sample_bits.has_value()) {
+    TORCH_CHECK(payload_bytes == uniform_payload_bytes(l, bits), "actnn_mm.quantize: ",
+                "payload_bytes must be ", uniform_payload_bytes(l, bits), " for ", bits,
+                " bits, got ", payload_bytes);
+  }
+  TORCH_CHECK(payload_bytes >= 0, "actnn_mm.quantize: payload_bytes must be >= 0");
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto payload = at::empty({payload_bytes}, x.options().dtype(at::kByte));
+  auto meta = at::empty({l.groups() * 2}, x.options().dtype(at::kFloat));
+  if (l.groups() == 0) return {payload, meta};
+  const at::PhiloxCudaState rng =
+      rng_state(x.device(), use_generator && stochastic, seed, offset, generator);
+  const SampleBits sb{static_cast<int>(bits),
+                      sample_bits ? sample_bits->data_ptr<int32_t>() : nullptr,
+                      sample_offsets ? sample_offsets->data_ptr<int64_t>() : nullptr,
+                      payload_bytes};
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t grid = grid_for(l.groups(), kWarpsPerBlock);
+  ACTNN_DISPATCH_FLOAT_CUDA(x.scalar_type(), "actnn_mm.quantize", [&] {
+    const auto* xp = reinterpret_cast<const scalar_t*>(x.const_data_ptr());
+    dispatch_cpl<scalar_t>(l, vector_ok<scalar_t>(xp, l), [&]<int CPL, bool VEC>() {
+      quantize_kernel<scalar_t, CPL, VEC><<<grid, kThreads, 0, stream>>>(
+          xp, l, sb, stochastic, rng, payload.data_ptr<uint8_t>(),
+          reinterpret_cast<float2*>(meta.data_ptr<float>()));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {payload, meta};
+}
+
+at::Tensor dequantize_cuda(const at::Tensor& payload, const at::Tensor& meta, int64_t num_samples,
+                           int64_t numel_per_sample, int64_t group_size, int64_t bits,
+                           const std::optional<at::Tensor>& sample_bits,
+                           const std::optional<at::Tensor>& sample_offsets, at::ScalarType dtype) {
+  check_out_dtype(dtype, "dequantize");
+  TORCH_CHECK(numel_per_sample >= 0, "actnn_mm.dequantize: numel_per_sample must be >= 0");
+  const Layout l = make_layout(num_samples * numel_per_sample, num_samples, group_size,
+                               "dequantize");
+  check_sample_bits(sample_bits, sample_offsets, bits, l, payload.device(), "dequantize");
+  check_payload(payload, meta, l, sample_bits, bits, "dequantize");
+  const c10::cuda::CUDAGuard guard(payload.device());
+  auto out = at::empty({num_samples * numel_per_sample}, payload.options().dtype(dtype));
+  if (l.groups() == 0) return out;
+  const SampleBits sb{static_cast<int>(bits),
+                      sample_bits ? sample_bits->data_ptr<int32_t>() : nullptr,
+                      sample_offsets ? sample_offsets->data_ptr<int64_t>() : nullptr,
+                      payload.numel()};
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t grid = grid_for(l.groups(), kWarpsPerBlock);
+  ACTNN_DISPATCH_FLOAT_CUDA(dtype, "actnn_mm.dequantize", [&] {
+    auto* op = reinterpret_cast<scalar_t*>(out.data_ptr());
+    dispatch_cpl<scalar_t>(l, vector_ok<scalar_t>(op, l), [&]<int CPL, bool VEC>() {
+      dequantize_kernel<scalar_t, CPL, VEC><<<grid, kThreads, 0, stream>>>(
+          payload.const_data_ptr<uint8_t>(),
+          reinterpret_cast<const float2*>(meta.const_data_ptr<float>()), l, sb, op);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
+}
+
+at::Tensor group_minmax_cuda(const at::Tensor& x, int64_t num_samples, int64_t group_size) {
+  check_float_input(x, "group_minmax");
+  const Layout l = make_layout(x.numel(), num_samples, group_size, "group_minmax");
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto out = at::empty({l.groups() * 2}, x.options().dtype(at::kFloat));
+  if (l.groups() == 0) return out;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t grid = grid_for(l.groups(), kWarpsPerBlock);
+  ACTNN_DISPATCH_FLOAT_CUDA(x.scalar_type(), "actnn_mm.group_minmax", [&] {
+    const auto* xp = reinterpret_cast<const scalar_t*>(x.const_data_ptr());
+    dispatch_cpl<scalar_t>(l, vector_ok<scalar_t>(xp, l), [&]<int CPL, bool VEC>() {
+      minmax_kernel<scalar_t, CPL, VEC><<<grid, kThreads, 0, stream>>>(
+          xp, l, reinterpret_cast<float2*>(out.data_ptr<float>()));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
+}
+
+at::Tensor pack_bits_cuda(const at::Tensor& values, int64_t nbits) {
+  check_pack_values(values, "pack_bits");
+  check_nbits(nbits, "pack_bits");
+  const c10::cuda::CUDAGuard guard(values.device());
+  const int64_t numel = values.numel();
+  auto out = at::empty({packed_bytes(numel, nbits)}, values.options().dtype(at::kByte));
+  if (numel == 0) return out;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t grid = grid_for((numel + 7) / 8, kThreads);
+  const int nb = static_cast<int>(nbits);
+  auto launch = [&](auto tag) {
+    using T = decltype(tag);
+    pack_kernel<T><<<grid, kThreads, 0, stream>>>(
+        reinterpret_cast<const T*>(values.const_data_ptr()), numel, nb, out.data_ptr<uint8_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  switch (values.scalar_type()) {
+    case at::kBool:
+    case at::kByte: launch(uint8_t{}); break;
+    case at::kChar: launch(int8_t{}); break;
+    case at::kShort: launch(int16_t{}); break;
+    case at::kInt: launch(int32_t{}); break;
+    default: launch(int64_t{}); break;
+  }
+  return out;
+}
+
+at::Tensor unpack_bits_cuda(const at::Tensor& packed, int64_t numel, int64_t nbits) {
+  check_nbits(nbits, "unpack_bits");
+  TORCH_CHECK(numel >= 0, "actnn_mm.unpack_bits: numel must be >= 0, got ", numel);
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 1 && packed.is_contiguous() &&
+                  packed.numel() == packed_bytes(numel, nbits),
+              "actnn_mm.unpack_bits: packed must be a contiguous uint8 tensor of ",
+              packed_bytes(numel, nbits), " bytes, got ", packed.scalar_type(), " ",
+              packed.sizes());
+  const c10::cuda::CUDAGuard guard(packed.device());
+  auto out = at::empty({numel}, packed.options());
+  if (numel == 0) return out;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t grid = grid_for((numel + 7) / 8, kThreads);
+  unpack_kernel<<<grid, kThreads, 0, stream>>>(packed.const_data_ptr<uint8_t>(), numel,
+                                               static_cast<int>(nbits), out.data_ptr<uint8_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+}  // namespace
+}  // namespace actnn
+
+TORCH_LIBRARY_IMPL(actnn_mm, CUDA, m) {
+  m.impl("quantize", &actnn::quantize_cuda);
+  m.impl("dequantize", &actnn::dequantize_cuda);
+  m.impl("group_minmax", &actnn::group_minmax_cuda);
+  m.impl("pack_bits", &actnn::pack_bits_cuda);
+  m.impl("unpack_bits", &actnn::unpack_bits_cuda);
+}
