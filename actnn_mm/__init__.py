@@ -7,3 +7,5 @@ compiles anything: the kernels are loaded (or JIT-built) on first use.
 from . import compat  # noqa: F401  (applies the stack fixes on import)
 
 __version__ = '0.1.0'
+
+from . import engine  # noqa: F401,E402  (compression engine; cheap: kernels load on first use)
