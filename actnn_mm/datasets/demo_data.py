@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import os.path as osp
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .cityscapes import make_cityscapes
 from .coco import make_coco
@@ -105,20 +105,22 @@ def _kind_of(ds: Mapping, path: str) -> Optional[str]:
     return kind
 
 
-def missing_data(cfg: Mapping) -> List[Tuple[str, str, Optional[str], str]]:
-    """Paths a config's dataloaders and evaluators read that do not exist.
+def missing_data(cfg: Mapping, splits: Sequence[str] = ('train', 'val', 'test')
+                 ) -> List[Tuple[str, str, Optional[str], str]]:
+    """Paths that a config's ``<split>_dataloader`` and ``<split>_evaluator`` read but are absent.
 
     Each item is ``(path, config key, demo kind or None, data_root)``.
     """
     missing = []
-    for split in ('train', 'val', 'test'):
+    for split in splits:
         loader = cfg.get(f'{split}_dataloader')
-        if not isinstance(loader, Mapping) or not isinstance(loader.get('dataset'), Mapping):
-            continue
-        for ds, where in _leaf_datasets(loader['dataset'], f'{split}_dataloader.dataset'):
-            for path, key in _dataset_paths(ds, where):
-                if not osp.exists(path):
-                    missing.append((path, key, _kind_of(ds, path), ds.get('data_root') or ''))
+        dataset = loader.get('dataset') if isinstance(loader, Mapping) else None
+        if isinstance(dataset, Mapping):
+            for ds, where in _leaf_datasets(dataset, f'{split}_dataloader.dataset'):
+                for path, key in _dataset_paths(ds, where):
+                    if not osp.exists(path):
+                        missing.append((path, key, _kind_of(ds, path),
+                                        ds.get('data_root') or ''))
         evaluators = cfg.get(f'{split}_evaluator')
         evaluators = evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]
         for i, ev in enumerate(evaluators):

@@ -9,6 +9,7 @@ import os.path as osp
 import cv2
 import numpy as np
 import pytest
+from mmengine.registry import DefaultScope
 
 from actnn_mm.datasets import (make_cityscapes, make_coco, make_imagenet, missing_data,
                                missing_data_message)
@@ -87,15 +88,14 @@ def test_coco_objects_are_visible_in_their_class_colour() -> None:
 
 def test_mmdet_coco_dataset_yields_packed_samples(coco_root: str) -> None:
     from mmdet.datasets import CocoDataset
-    from mmdet.utils import register_all_modules
-    register_all_modules()
 
-    ds = CocoDataset(
-        data_root=coco_root, ann_file='annotations/instances_train2017.json',
-        data_prefix=dict(img='train2017/'), metainfo=dict(classes=coco_mod.CLASSES),
-        pipeline=[dict(type='LoadImageFromFile'),
-                  dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-                  dict(type='PackDetInputs')])
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        ds = CocoDataset(
+            data_root=coco_root, ann_file='annotations/instances_train2017.json',
+            data_prefix=dict(img='train2017/'), metainfo=dict(classes=coco_mod.CLASSES),
+            pipeline=[dict(type='LoadImageFromFile'),
+                      dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+                      dict(type='PackDetInputs')])
     assert len(ds) == 6
     sample = ds[0]
     assert set(sample) == {'inputs', 'data_samples'}
@@ -172,14 +172,13 @@ def test_cityscapes_covers_all_classes_and_paints_palette() -> None:
 
 def test_mmseg_cityscapes_dataset_yields_packed_samples(cityscapes_root: str) -> None:
     from mmseg.datasets import CityscapesDataset
-    from mmseg.utils import register_all_modules
-    register_all_modules()
 
-    ds = CityscapesDataset(
-        data_root=cityscapes_root,
-        data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'),
-        pipeline=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
-                  dict(type='PackSegInputs')])
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        ds = CityscapesDataset(
+            data_root=cityscapes_root,
+            data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'),
+            pipeline=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+                      dict(type='PackSegInputs')])
     assert len(ds) == 4
     sample = ds[0]
     assert set(sample) == {'inputs', 'data_samples'}
@@ -191,15 +190,14 @@ def test_mmseg_cityscapes_dataset_yields_packed_samples(cityscapes_root: str) ->
 # --- ImageNet --------------------------------------------------------------------------------
 def test_imagenet_layout_and_mmpretrain_dataset(imagenet_root: str) -> None:
     from mmpretrain.datasets import ImageNet
-    from mmpretrain.utils import register_all_modules
-    register_all_modules()
 
     with open(osp.join(imagenet_root, 'meta/train.txt')) as f:
         lines = f.read().split('\n')
     assert lines[0] == 'n01440764/n01440764_1.JPEG 0'
     for split, n in (('train', 12), ('val', 4)):
-        ds = ImageNet(data_root=imagenet_root, split=split,
-                      pipeline=[dict(type='LoadImageFromFile'), dict(type='PackInputs')])
+        with DefaultScope.overwrite_default_scope('mmpretrain'):
+            ds = ImageNet(data_root=imagenet_root, split=split,
+                          pipeline=[dict(type='LoadImageFromFile'), dict(type='PackInputs')])
         assert len(ds) == n
         labels = sorted({ds.get_data_info(i)['gt_label'] for i in range(n)})
         assert labels == [0, 1, 2, 3]
