@@ -1,0 +1,148 @@
+"""``ActNNHook``: switch ActNN on for any mmengine-based training from the config alone.
+
+    custom_imports = dict(imports=['actnn_mm'], allow_failed_imports=False)
+    custom_hooks = [dict(type='ActNNHook', level='L3', parts=['backbone'])]
+
+When it acts, and why that is safe (mmengine 0.10.7's order of events): the runner builds the
+model, wraps it (DDP, after an optional ``convert_sync_batchnorm``; without distribution it
+*reverts* SyncBN), builds the optimizer, then calls ``before_run``, then ``init_weights`` and
+``load_or_resume``. Conversion here swaps module classes in place, keeping every Parameter and
+buffer object and every ``state_dict`` key, so the optimizer and DDP built earlier stay valid
+and the weights loaded afterwards land in the converted modules. Converting after the runner's
+SyncBN handling also means QBN/QSyncBN are what train, whatever the runner did to the norm layers.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.registry import HOOKS
+from torch import nn
+
+from ..engine import BitAllocator, CompressionConfig, LayerScheme
+from ..engine.config import LEVELS
+from .options import ActNNOptions, parse_options
+from .parts import resolve_parts
+from .stats import IterationStats, average_bits
+
+
+@HOOKS.register_module()
+class ActNNHook(Hook):
+    """Convert the model's parts to ActNN at ``before_run``; allocate bits and log in training.
+
+    Args:
+        level: ``'L0'``...``'L5'`` (see ``CompressionConfig``); ``'L3'`` as in the paper.
+        parts: attribute paths of the model to convert (``'backbone'``, ``'neck'``,
+            ``'roi_head.bbox_head'``...); ``'model'`` or ``'*'`` means the whole model.
+        include / exclude: module-name globs inside the parts (see ``actnn_mm.convert``).
+        saved_tensors: also compress every other tensor autograd saves in those parts.
+        log_interval: measure the kept bytes and log every this many iterations
+            (default: the runner's LoggerHook interval).
+        **config: any ``CompressionConfig`` field (``bits``, ``group_size``, ``per_sample``,
+            ``per_layer``, ``swap``, ``realloc_interval``...).
+
+    Unknown keys or levels raise ``ValueError`` when the hook is built, before training starts.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def __init__(self, level: str = 'L3', parts: Union[str, Sequence[str]] = ('backbone', ),
+                 include: Any = None, exclude: Any = None, saved_tensors: bool = True,
+                 log_interval: Optional[int] = None, **config: Any) -> None:
+        self.options: ActNNOptions = parse_options(
+            dict(level=level, parts=parts, include=include, exclude=exclude,
+                 saved_tensors=saved_tensors, log_interval=log_interval, **config),
+            where='ActNNHook')
+        self.config: CompressionConfig = self.options.compression
+        self.allocator = BitAllocator(self.config)
+        self.reports: Dict[str, Any] = {}
+        self._stats = IterationStats()
+        self._model: Optional[nn.Module] = None
+
+    # -- conversion -------------------------------------------------------------------------
+    def before_run(self, runner) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        self._model = model
+        self.convert(model, logger=runner.logger)
+
+    def convert(self, model: nn.Module, logger: Any = None) -> Dict[str, Any]:
+        """Convert the configured parts of ``model`` (idempotent); returns reports by part."""
+        from ..convert import convert
+
+        opts = self.options
+        for name, part in resolve_parts(model, opts.parts):
+            report = convert(part, self.config, include=opts.include, exclude=opts.exclude,
+                             saved_tensors=opts.saved_tensors)
+            self.reports[name] = report
+            if logger is not None:
+                logger.info(f'ActNN {self.config.level}: {name}: {report.num_converted} '
+                            f'modules converted\n{report}')
+        self._register_schemes()
+        return self.reports
+
+    def _parts(self) -> List[nn.Module]:
+        if self._model is None:
+            return []
+        return [part for _, part in resolve_parts(self._model, self.options.parts)]
+
+    def _register_schemes(self) -> None:
+        for scheme in schemes_of(self._parts()):
+            if scheme.allocator is None and scheme.config is self.config:
+                self.allocator.register(scheme)
+
+    # -- training ---------------------------------------------------------------------------
+    def _log_interval(self, runner) -> int:
+        if self.options.log_interval:
+            return self.options.log_interval
+        logger_hook = next((h for h in runner.hooks if type(h).__name__ == 'LoggerHook'), None)
+        return int(getattr(logger_hook, 'interval', 50))
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch: Any = None) -> None:
+        if self.every_n_train_iters(runner, self._log_interval(runner)):
+            self._stats.start(self._parts())
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch: Any = None,
+                         outputs: Any = None) -> None:
+        # Schemes are created lazily by the layers' first forward: adopt the new ones.
+        self._register_schemes()
+        self.allocator.step()
+        kept = self._stats.stop()
+        if kept is not None:
+            hub = runner.message_hub
+            hub.update_scalar('train/actnn_kept_MB', kept.total / 2 ** 20)
+            hub.update_scalar('train/actnn_avg_bits',
+                              average_bits(self.allocator.schemes, self.config))
+
+    def after_run(self, runner) -> None:
+        self._stats.stop()
+
+    # -- checkpoints: the allocator's state travels with --resume ----------------------------
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint.setdefault('meta', {})['actnn'] = dict(
+            level=self.config.level, allocator=self.allocator.state_dict())
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = checkpoint.get('meta', {}).get('actnn')
+        if state:
+            self.allocator.load_state_dict(state.get('allocator', {}))
+
+
+def schemes_of(modules: Iterable[nn.Module]) -> List[LayerScheme]:
+    """The compression schemes that Q-layers and saved-tensor contexts in ``modules`` use."""
+    from ..saved_tensors import installed
+
+    found: Dict[int, LayerScheme] = {}
+    for root in modules:
+        for module in root.modules():
+            scheme = module.__dict__.get('actnn_scheme')
+            if isinstance(scheme, LayerScheme):
+                found[id(scheme)] = scheme
+            ctx = installed(module)
+            if ctx is not None:
+                for s in ctx._schemes.values():  # the per-site generic schemes
+                    found[id(s)] = s
+    return list(found.values())
+
+
+__all__ = ['ActNNHook', 'schemes_of', 'LEVELS']
