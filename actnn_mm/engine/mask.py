@@ -79,8 +79,11 @@ def pack_index(idx: torch.Tensor, nbits: int) -> PackedIndex:
     if isinstance(nbits, bool) or not isinstance(nbits, int) or not 1 <= nbits <= 16:
         raise ValueError(f'nbits must be an int in 1..16, got {nbits!r}')
     buf, layout = flatten_samples(idx.detach())
-    if buf.numel():
-        in_range = ((buf >= 0) & (buf < (1 << nbits))).all()
+    info = torch.iinfo(idx.dtype)
+    if buf.numel() and (info.min < 0 or info.max >= (1 << nbits)):
+        # (Python scalars beyond the dtype's range would wrap, so compare only where needed.)
+        in_range = (buf >= 0) if info.max < (1 << nbits) else (buf >= 0) & (buf < (1 << nbits))
+        in_range = in_range.all()
         if buf.device.type == 'cpu':
             if not bool(in_range):
                 raise ValueError(f'idx values must be in [0, {1 << nbits}) for nbits={nbits}, got '
