@@ -1,0 +1,53 @@
+"""Q-layers: drop-in twins of torch layers that keep compressed activations for backward.
+
+Each is a direct subclass of its torch twin (same constructor, parameters, buffers, ``state_dict``
+keys and ``repr``) whose training forward runs an autograd Function saving only what backward
+needs, compressed by :mod:`actnn_mm.engine`; in ``eval()``/``no_grad`` it is the twin.
+"""
+from .activation import QGELU, QLeakyReLU, QReLU, QSiLU
+from .conv import (QConv1d, QConv2d, QConv3d, QConvTranspose1d, QConvTranspose2d,
+                   QConvTranspose3d)
+from .dropout import QDropout, QDropout2d
+from .linear import QLinear
+from .norm import (QBatchNorm1d, QBatchNorm2d, QBatchNorm3d, QGroupNorm, QLayerNorm,
+                   QSyncBatchNorm)
+from .pooling import QAvgPool2d, QMaxPool2d
+
+import torch.nn as _nn
+
+#: torch class -> Q twin. Conversion and the registry are driven by this table.
+QLAYERS = {
+    _nn.Conv1d: QConv1d,
+    _nn.Conv2d: QConv2d,
+    _nn.Conv3d: QConv3d,
+    _nn.ConvTranspose1d: QConvTranspose1d,
+    _nn.ConvTranspose2d: QConvTranspose2d,
+    _nn.ConvTranspose3d: QConvTranspose3d,
+    _nn.Linear: QLinear,
+    _nn.BatchNorm1d: QBatchNorm1d,
+    _nn.BatchNorm2d: QBatchNorm2d,
+    _nn.BatchNorm3d: QBatchNorm3d,
+    _nn.SyncBatchNorm: QSyncBatchNorm,
+    _nn.LayerNorm: QLayerNorm,
+    _nn.GroupNorm: QGroupNorm,
+    _nn.ReLU: QReLU,
+    _nn.LeakyReLU: QLeakyReLU,
+    _nn.GELU: QGELU,
+    _nn.SiLU: QSiLU,
+    _nn.MaxPool2d: QMaxPool2d,
+    _nn.AvgPool2d: QAvgPool2d,
+    _nn.Dropout: QDropout,
+    _nn.Dropout2d: QDropout2d,
+}
+
+#: Q class -> its torch twin.
+TWINS = {q: t for t, q in QLAYERS.items()}
+
+#: Normalisation Q-layers (kept exact where the level does not compress norms, e.g. L1).
+NORM_LAYERS = (QBatchNorm1d, QBatchNorm2d, QBatchNorm3d, QSyncBatchNorm, QLayerNorm, QGroupNorm)
+
+__all__ = ['QConv1d', 'QConv2d', 'QConv3d', 'QConvTranspose1d', 'QConvTranspose2d',
+           'QConvTranspose3d', 'QLinear', 'QBatchNorm1d', 'QBatchNorm2d', 'QBatchNorm3d',
+           'QSyncBatchNorm', 'QLayerNorm', 'QGroupNorm', 'QReLU', 'QLeakyReLU', 'QGELU', 'QSiLU',
+           'QMaxPool2d', 'QAvgPool2d', 'QDropout', 'QDropout2d', 'QLAYERS', 'TWINS',
+           'NORM_LAYERS']

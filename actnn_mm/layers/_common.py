@@ -1,0 +1,203 @@
+"""Plumbing shared by the Q-layers: when to compress, per-module schemes, AMP-aware Functions.
+
+A Q-layer runs its compressing :class:`torch.autograd.Function` only when autograd will keep
+something for backward (training mode, grad enabled, some input or parameter requiring grad);
+otherwise it calls its torch twin's ``forward`` unchanged, so ``eval()``/``no_grad`` cost nothing.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple, Type
+
+import torch
+from torch import Tensor, nn
+
+from .. import memory, saved_tensors
+from ..engine import CompressionConfig, LayerScheme, get_default_config
+
+__all__ = ['AmpFunction', 'compress_active', 'get_scheme', 'pack_activation', 'save_input',
+           'load_input',
+           'unpack_activation', 'autocast_dtype', 'cast_for_autocast', 'suggest_memory_format']
+
+#: Attributes a Q-layer may carry besides its twin's: plain attributes, never parameters or
+#: buffers, so ``state_dict``, ``named_buffers`` order and optimizer state are untouched.
+QATTRS = ('actnn_config', 'actnn_scheme', 'actnn_name', 'actnn_allocator', '_actnn_orig_class')
+
+
+def compress_active(module: nn.Module, *tensors: Optional[Tensor]) -> bool:
+    """True when autograd will save tensors of this call, i.e. when compressing them pays."""
+    if not module.training or not torch.is_grad_enabled():
+        return False
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return any(t is not None and t.requires_grad for t in tensors)
+
+
+def module_config(module: nn.Module) -> CompressionConfig:
+    """The module's own config (set by :func:`actnn_mm.convert`), else the process default."""
+    cfg = module.__dict__.get('actnn_config')
+    return cfg if cfg is not None else get_default_config()
+
+
+def get_scheme(module: nn.Module, kind: str, kernel_area: int = 1, groups: int = 1) -> LayerScheme:
+    """The module's :class:`LayerScheme`, rebuilt when its config object changes; registered with
+    the module's ``actnn_allocator`` (set by :func:`actnn_mm.convert`) for cross-layer bits."""
+    cfg = module_config(module)
+    scheme = module.__dict__.get('actnn_scheme')
+    if scheme is None or getattr(scheme, 'config', None) is not cfg:
+        name = module.__dict__.get('actnn_name') or type(module).__name__
+        allocator = module.__dict__.get('actnn_allocator')
+        if allocator is not None and getattr(allocator, 'config', None) is not cfg:
+            allocator = None
+        scheme = LayerScheme(cfg, kind=kind, kernel_area=kernel_area, groups=groups, name=name,
+                             allocator=allocator)
+        module.__dict__['actnn_scheme'] = scheme
+    return scheme
+
+
+def pack_activation(x: Tensor, scheme: LayerScheme) -> Any:
+    """Compress ``x`` for backward, or reuse the copy another layer already made of it.
+
+    Returns ``x`` itself when it is to be kept exact (then save it with ``save_for_backward``),
+    else the compressed object (keep it on ``ctx``; it is reported to the saved-bytes counter).
+    """
+    packed = saved_tensors.share(x, scheme, exact=scheme_is_exact(scheme, x))
+    if packed is not x:
+        memory.record(packed)
+    return packed
+
+
+def unpack_activation(packed: Any, exact: Optional[Tensor], scheme: LayerScheme) -> Tensor:
+    """Inverse of :func:`pack_activation`: ``exact`` is what ``save_for_backward`` returned."""
+    if packed is None:
+        return exact
+    return scheme.decompress(packed)
+
+
+def scheme_is_exact(scheme: LayerScheme, x: Tensor) -> Optional[bool]:
+    """Whether ``scheme`` keeps ``x`` exact, when the scheme says so without compressing.
+
+    ``None`` means unknown (the scheme decides in ``compress``); used to avoid reusing another
+    layer's compressed copy of ``x`` for a layer that must stay exact (L0, or norms at L1).
+    """
+    if getattr(scheme, 'enabled', True) is False:
+        return True
+    cfg = getattr(scheme, 'config', None)
+    if cfg is None:
+        return None
+    if getattr(cfg, 'enabled', True) is False or getattr(cfg, 'level', None) == 'L0':
+        return True
+    if getattr(scheme, 'kind', None) == 'norm' and not getattr(cfg, 'compress_norm', True):
+        return True
+    return None
+
+
+def save_input(ctx: Any, x: Tensor, scheme: LayerScheme, needed: bool = True) -> None:
+    """Keep the input ``x`` of a Q Function for backward, compressed unless exact.
+
+    Sets ``ctx.x_exact`` (to pass to ``save_for_backward``, which keeps autograd's version
+    checks and lets the saved-tensor hooks see it), ``ctx.packed`` and ``ctx.scheme``. With
+    ``needed=False`` (e.g. a frozen weight: its gradient is the only user of ``x``) only the
+    geometry is kept.
+    """
+    ctx.scheme = scheme
+    ctx.x_geom = None
+    if not needed:
+        ctx.x_exact, ctx.packed = None, None
+        ctx.x_geom = (x.shape, x.stride(), x.dtype, x.device)
+        return
+    packed = pack_activation(x, scheme)
+    exact = packed is x
+    ctx.x_exact = x if exact else None
+    ctx.packed = None if exact else packed
+
+
+def load_input(ctx: Any, x_exact: Optional[Tensor]) -> Tensor:
+    """Inverse of :func:`save_input` (``retain_graph`` backward may call it again).
+
+    Without a kept input an uninitialised tensor of the same geometry stands in: the backward
+    ops only read its shape and layout then.
+    """
+    if ctx.x_geom is not None:
+        shape, stride, dtype, device = ctx.x_geom
+        return torch.empty_strided(shape, stride, dtype=dtype, device=device)
+    return unpack_activation(ctx.packed, x_exact, ctx.scheme)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autocast
+
+
+def autocast_dtype(device_type: str, policy: str) -> Optional[torch.dtype]:
+    """The dtype autocast would run an op of ``policy`` in, or None (run as is).
+
+    ``policy``: 'lower' (conv, linear: autocast's lower-precision list on every device) or
+    'fp32' (layer/group norm: autocast's fp32 list on CUDA; CPU autocast leaves them alone).
+    """
+    if not torch.amp.is_autocast_available(device_type) or \
+            not torch.is_autocast_enabled(device_type):
+        return None
+    if policy == 'lower':
+        return torch.get_autocast_dtype(device_type)
+    if policy == 'fp32' and device_type != 'cpu':
+        return torch.float32
+    return None
+
+
+def cast_for_autocast(policy: str, *tensors: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+    """Cast floating tensors the way autocast would for an op of ``policy`` (see above).
+
+    Casting outside the Function (autograd records the casts) means the Function sees, compresses
+    and saves the tensors in the autocast dtype, and weight gradients flow back in fp32.
+    """
+    ref = next(t for t in tensors if t is not None)
+    dtype = autocast_dtype(ref.device.type, policy)
+    if dtype is None:
+        return tensors
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != dtype
+                 else t for t in tensors)
+
+
+class AmpFunction:
+    """An autograd Function with ``torch.amp.custom_fwd``/``custom_bwd`` for the input's device.
+
+    ``torch.amp.custom_fwd`` needs the device type at decoration time; Q-layers run on CPU and
+    CUDA alike, so one decorated ``torch.autograd.Function`` is built per device type on first
+    use. Subclasses define static ``forward(ctx, x, ...)`` and ``backward(ctx, *grads)`` like a
+    Function and call ``Cls.apply(x, ...)``; the first argument's device picks the variant.
+    """
+
+    _variants: Dict[str, Type[torch.autograd.Function]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._variants = {}
+
+    @classmethod
+    def variant(cls, device_type: str) -> Type[torch.autograd.Function]:
+        fn = cls._variants.get(device_type)
+        if fn is None:
+            amp_type = device_type if torch.amp.is_autocast_available(device_type) else 'cpu'
+            fn = type(cls.__name__, (torch.autograd.Function, ), {
+                'forward': staticmethod(
+                    torch.amp.custom_fwd(cls.forward, device_type=amp_type)),
+                'backward': staticmethod(
+                    torch.amp.custom_bwd(cls.backward, device_type=amp_type)),
+                '__module__': cls.__module__,
+                '__qualname__': f'{cls.__qualname__}[{device_type}]',
+            })
+            cls._variants[device_type] = fn
+        return fn
+
+    @classmethod
+    def apply(cls, x: Tensor, *args: Any) -> Any:
+        return cls.variant(x.device.type).apply(x, *args)
+
+
+def suggest_memory_format(x: Tensor) -> torch.memory_format:
+    """Python twin of ATen's ``suggest_memory_format`` for dense tensors."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 5 and not x.is_contiguous() and \
+            x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format

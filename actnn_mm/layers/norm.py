@@ -1,0 +1,292 @@
+"""Q-normalisation layers: the input is saved compressed (kept exact when the level says so,
+e.g. L1); mean/rstd statistics (one value per channel or row) are kept as they are."""
+from __future__ import annotations
+
+import math
+from typing import Any, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ._common import (AmpFunction, cast_for_autocast, compress_active, get_scheme, load_input,
+                      save_input, suggest_memory_format)
+
+__all__ = ['QBatchNorm1d', 'QBatchNorm2d', 'QBatchNorm3d', 'QSyncBatchNorm', 'QLayerNorm',
+           'QGroupNorm', 'batch_norm_function']
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch norm
+
+class _BatchNormFunction(AmpFunction):
+    """``aten.native_batch_norm`` (training) with the input saved compressed."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                running_mean: Optional[Tensor], running_var: Optional[Tensor], momentum: float,
+                eps: float, scheme: Any) -> Tensor:
+        out, mean, invstd = torch.ops.aten.native_batch_norm(x, weight, bias, running_mean,
+                                                             running_var, True, momentum, eps)
+        save_input(ctx, x, scheme)
+        ctx.save_for_backward(ctx.x_exact, weight, mean, invstd)
+        ctx.x_exact = None
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
+        x_exact, weight, mean, invstd = ctx.saved_tensors
+        x = load_input(ctx, x_exact)
+        ctx.scheme.observe_grad(grad_out)
+        mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
+                ctx.needs_input_grad[2]]
+        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
+            grad_out, x, weight, None, None, mean, invstd, True, ctx.eps, mask)
+        return gx, gw, gb, None, None, None, None, None
+
+
+def batch_norm_function(x: Tensor, running_mean: Optional[Tensor],
+                        running_var: Optional[Tensor], weight: Optional[Tensor],
+                        bias: Optional[Tensor], momentum: float, eps: float,
+                        scheme: Any) -> Tensor:
+    """Functional training-mode Q batch norm (updates the running stats in place)."""
+    return _BatchNormFunction.apply(x, weight, bias, running_mean, running_var, momentum, eps,
+                                    scheme)
+
+
+class _QBatchNormMixin:
+    """Forward of the Q batch norms: the torch twin's bookkeeping, then the Q Function."""
+
+    def _q_supported(self, input: Tensor) -> bool:
+        # Cases where F.batch_norm raises (or returns early) go to the twin unchanged.
+        if self.eps <= 0 or input.numel() == 0:
+            return False
+        return input.numel() // input.size(1) > 1
+
+    def _momentum(self) -> float:
+        """Twin's exponential_average_factor, incrementing num_batches_tracked like it."""
+        eaf = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                eaf = 1.0 / float(self.num_batches_tracked)
+        return eaf
+
+    def _q_forward(self, input: Tensor) -> Tensor:
+        eaf = self._momentum()
+        running_mean = self.running_mean if self.track_running_stats else None
+        running_var = self.running_var if self.track_running_stats else None
+        return batch_norm_function(input, running_mean, running_var, self.weight, self.bias,
+                                   eaf, self.eps, get_scheme(self, 'norm'))
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        if not compress_active(self, input, self.weight, self.bias) or \
+                not self._q_supported(input):
+            return super().forward(input)
+        return self._q_forward(input)
+
+
+class QBatchNorm1d(_QBatchNormMixin, nn.BatchNorm1d, _BatchNorm):
+    """:class:`torch.nn.BatchNorm1d` that saves its input compressed."""
+
+
+class QBatchNorm2d(_QBatchNormMixin, nn.BatchNorm2d, _BatchNorm):
+    """:class:`torch.nn.BatchNorm2d` that saves its input compressed."""
+
+
+class QBatchNorm3d(_QBatchNormMixin, nn.BatchNorm3d, _BatchNorm):
+    """:class:`torch.nn.BatchNorm3d` that saves its input compressed."""
+
+
+class _SyncBatchNormFunction(AmpFunction):
+    """torch's SyncBatchNorm Function (public ``torch.batch_norm_*`` ops), input compressed."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                running_mean: Optional[Tensor], running_var: Optional[Tensor], eps: float,
+                momentum: float, process_group: Any, world_size: int, scheme: Any) -> Tensor:
+        if not (x.is_contiguous(memory_format=torch.channels_last)
+                or x.is_contiguous(memory_format=torch.channels_last_3d)):
+            x = x.contiguous()
+        if weight is not None:
+            weight = weight.contiguous()
+        num_channels = x.shape[1]
+        if x.numel() > 0:
+            mean, invstd = torch.batch_norm_stats(x, eps)
+            count = torch.full((1, ), x.numel() // x.size(1), dtype=mean.dtype,
+                               device=mean.device)
+            combined = torch.cat([mean, invstd, count], dim=0)
+        else:
+            combined = torch.zeros(2 * num_channels + 1, dtype=x.dtype, device=x.device)
+        gathered = [torch.empty_like(combined) for _ in range(world_size)]
+        dist.all_gather(gathered, combined, process_group, async_op=False)
+        mean_all, invstd_all, count_all = torch.split(torch.stack(gathered, 0), num_channels,
+                                                      dim=1)
+        keep = count_all.squeeze(-1) >= 1  # drop ranks with empty input
+        count_all, mean_all, invstd_all = count_all[keep], mean_all[keep], invstd_all[keep]
+        counts = count_all.view(-1)
+        if running_mean is not None and counts.dtype != running_mean.dtype:
+            counts = counts.to(running_mean.dtype)
+        mean, invstd = torch.batch_norm_gather_stats_with_counts(
+            x, mean_all, invstd_all, running_mean, running_var, momentum, eps, counts)
+        save_input(ctx, x, scheme)
+        ctx.save_for_backward(ctx.x_exact, weight, mean, invstd, count_all.to(torch.int32))
+        ctx.x_exact = None
+        ctx.process_group = process_group
+        ctx.x_shape = x.shape
+        if x.numel() > 0:
+            return torch.batch_norm_elemt(x, weight, bias, mean, invstd, eps)
+        return torch.empty_like(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
+        if not (grad_out.is_contiguous(memory_format=torch.channels_last)
+                or grad_out.is_contiguous(memory_format=torch.channels_last_3d)):
+            grad_out = grad_out.contiguous()
+        x_exact, weight, mean, invstd, count = ctx.saved_tensors
+        gx = gw = gb = None
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if math.prod(ctx.x_shape) > 0:
+            x = load_input(ctx, x_exact)
+            ctx.scheme.observe_grad(grad_out)
+            sum_dy, sum_dy_xmu, gw, gb = torch.batch_norm_backward_reduce(
+                grad_out, x, mean, invstd, weight, need_x, need_w, need_b)
+            if need_x:
+                c = sum_dy.shape[0]
+                combined = torch.cat([sum_dy, sum_dy_xmu], dim=0)
+                dist.all_reduce(combined, dist.ReduceOp.SUM, ctx.process_group, async_op=False)
+                sum_dy, sum_dy_xmu = torch.split(combined, c)
+                w = weight.to(mean.dtype) if weight is not None and \
+                    weight.dtype != mean.dtype else weight
+                gx = torch.batch_norm_backward_elemt(grad_out, x, mean, invstd, w, sum_dy,
+                                                     sum_dy_xmu, count)
+            if weight is None or not need_w:
+                gw = None
+            if weight is None or not need_b:
+                gb = None
+        elif need_x:  # participate in the collective so peers do not hang
+            combined = torch.zeros(2 * ctx.x_shape[1], dtype=grad_out.dtype,
+                                   device=grad_out.device)
+            dist.all_reduce(combined, dist.ReduceOp.SUM, ctx.process_group, async_op=False)
+        return gx, gw, gb, None, None, None, None, None, None, None
+
+
+class QSyncBatchNorm(_QBatchNormMixin, nn.SyncBatchNorm, _BatchNorm):
+    """:class:`torch.nn.SyncBatchNorm` that saves its input compressed (synced or not)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        self._check_non_zero_input_channels(input)
+        if not compress_active(self, input, self.weight, self.bias) or \
+                not self._q_supported(input):
+            return nn.SyncBatchNorm.forward(self, input)
+        world_size, group = 1, None
+        if dist.is_available() and dist.is_initialized():
+            if input.device.type not in ('cuda', 'hpu', 'xpu',
+                                         torch._C._get_privateuse1_backend_name()):
+                return nn.SyncBatchNorm.forward(self, input)  # twin raises its error
+            group = self.process_group or dist.group.WORLD
+            world_size = dist.get_world_size(group)
+        if world_size <= 1:
+            return self._q_forward(input)
+        eaf = self._momentum()
+        running_mean = self.running_mean if self.track_running_stats else None
+        running_var = self.running_var if self.track_running_stats else None
+        return _SyncBatchNormFunction.apply(input, self.weight, self.bias, running_mean,
+                                            running_var, self.eps, eaf, group, world_size,
+                                            get_scheme(self, 'norm'))
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer norm and group norm
+
+class _LayerNormFunction(AmpFunction):
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, normalized_shape: List[int], weight: Optional[Tensor],
+                bias: Optional[Tensor], eps: float, scheme: Any) -> Tensor:
+        out, mean, rstd = torch.ops.aten.native_layer_norm(x, normalized_shape, weight, bias,
+                                                           eps)
+        save_input(ctx, x, scheme)
+        ctx.save_for_backward(ctx.x_exact, weight, bias, mean, rstd)
+        ctx.x_exact = None
+        ctx.normalized_shape = normalized_shape
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
+        x_exact, weight, bias, mean, rstd = ctx.saved_tensors
+        x = load_input(ctx, x_exact)
+        ctx.scheme.observe_grad(grad_out)
+        mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[2],
+                bias is not None and ctx.needs_input_grad[3]]
+        gx, gw, gb = torch.ops.aten.native_layer_norm_backward(
+            grad_out, x, ctx.normalized_shape, mean, rstd, weight, bias, mask)
+        return gx, None, gw, gb, None, None
+
+
+class QLayerNorm(nn.LayerNorm):
+    """:class:`torch.nn.LayerNorm` that saves its input compressed."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        ns = tuple(self.normalized_shape)
+        if input.dim() < len(ns) or tuple(input.shape[input.dim() - len(ns):]) != ns or \
+                not compress_active(self, input, self.weight, self.bias):
+            return super().forward(input)
+        x, weight, bias = cast_for_autocast('fp32', input, self.weight, self.bias)
+        return _LayerNormFunction.apply(x, list(ns), weight, bias, self.eps,
+                                        get_scheme(self, 'norm'))
+
+
+class _GroupNormFunction(AmpFunction):
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                num_groups: int, eps: float, scheme: Any) -> Tensor:
+        n, c = x.shape[0], x.shape[1]
+        hxw = math.prod(x.shape[2:])
+        mf = suggest_memory_format(x) if x.device.type == 'cpu' else torch.contiguous_format
+        x = x.contiguous(memory_format=mf)
+        out, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, n, c, hxw,
+                                                           num_groups, eps)
+        save_input(ctx, x, scheme)
+        ctx.save_for_backward(ctx.x_exact, weight, mean, rstd)
+        ctx.x_exact = None
+        ctx.conf = (n, c, hxw, num_groups, mf)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
+        x_exact, weight, mean, rstd = ctx.saved_tensors
+        x = load_input(ctx, x_exact)
+        ctx.scheme.observe_grad(grad_out)
+        n, c, hxw, groups, mf = ctx.conf
+        mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
+                weight is not None and ctx.needs_input_grad[2]]
+        gx, gw, gb = torch.ops.aten.native_group_norm_backward(
+            grad_out.contiguous(memory_format=mf), x, mean, rstd, weight, n, c, hxw, groups,
+            mask)
+        return gx, gw, gb, None, None, None
+
+
+class QGroupNorm(nn.GroupNorm):
+    """:class:`torch.nn.GroupNorm` that saves its input compressed."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.dim() < 2 or input.shape[1] != self.num_channels or \
+                not self._q_supported(input) or \
+                not compress_active(self, input, self.weight, self.bias):
+            return super().forward(input)
+        x, weight, bias = cast_for_autocast('fp32', input, self.weight, self.bias)
+        return _GroupNormFunction.apply(x, weight, bias, self.num_groups, self.eps,
+                                        get_scheme(self, 'norm'))
+
+    def _q_supported(self, input: Tensor) -> bool:
+        # Inputs F.group_norm rejects (its _verify_batch_size) go to the twin for its error.
+        if input.numel() == 0 or self.num_channels % self.num_groups:
+            return False
+        return input.shape[0] * input.shape[1] // self.num_groups * \
+            math.prod(input.shape[2:]) > 1

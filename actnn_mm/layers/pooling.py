@@ -1,0 +1,134 @@
+"""Q-pooling. MaxPool2d keeps, per output, the position of the max inside its window (a small
+integer; any kernel, stride, padding, dilation, ceil_mode) instead of the input and int64 flat
+indices; AvgPool2d keeps only the input's geometry."""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from .. import memory
+from ..engine import pack_index, unpack_index
+from ._common import AmpFunction, compress_active
+
+__all__ = ['QMaxPool2d', 'QAvgPool2d', 'window_index', 'flat_index']
+
+
+def _window_origin(out_h: int, out_w: int, stride: Tuple[int, int], padding: Tuple[int, int],
+                   device: torch.device) -> Tuple[Tensor, Tensor]:
+    h0 = torch.arange(out_h, device=device) * stride[0] - padding[0]
+    w0 = torch.arange(out_w, device=device) * stride[1] - padding[1]
+    return h0.view(-1, 1), w0.view(1, -1)
+
+
+def window_index(flat: Tensor, in_w: int, kernel: Tuple[int, int], stride: Tuple[int, int],
+                 padding: Tuple[int, int], dilation: Tuple[int, int]) -> Tensor:
+    """Flat input indices (``max_pool2d_with_indices``) -> position in the window, row-major."""
+    h0, w0 = _window_origin(flat.shape[-2], flat.shape[-1], stride, padding, flat.device)
+    kh = torch.div(flat.div(in_w, rounding_mode='floor') - h0, dilation[0],
+                   rounding_mode='floor')
+    kw = torch.div(flat.remainder(in_w) - w0, dilation[1], rounding_mode='floor')
+    return kh * kernel[1] + kw
+
+
+def flat_index(window: Tensor, in_w: int, kernel: Tuple[int, int], stride: Tuple[int, int],
+               padding: Tuple[int, int], dilation: Tuple[int, int]) -> Tensor:
+    """Inverse of :func:`window_index`."""
+    window = window.long()
+    h0, w0 = _window_origin(window.shape[-2], window.shape[-1], stride, padding, window.device)
+    ih = h0 + torch.div(window, kernel[1], rounding_mode='floor') * dilation[0]
+    iw = w0 + window.remainder(kernel[1]) * dilation[1]
+    return ih * in_w + iw
+
+
+def _pack_window(window: Tensor, window_size: int) -> object:
+    """ceil(log2(window)) bits per output (4 for 3x3); int32 beyond the packer's 16 bits."""
+    nbits = max(1, (window_size - 1).bit_length())
+    if nbits <= 16:
+        return pack_index(window, nbits)
+    return window.to(torch.int32)
+
+
+def _unpack_window(packed: object) -> Tensor:
+    return packed if isinstance(packed, Tensor) else unpack_index(packed, torch.int64)
+
+
+class _MaxPool2dFunction(AmpFunction):
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, kernel: Tuple[int, int], stride: Tuple[int, int],
+                padding: Tuple[int, int], dilation: Tuple[int, int], ceil_mode: bool,
+                return_indices: bool) -> Any:
+        out, flat = torch.ops.aten.max_pool2d_with_indices(x, kernel, stride, padding, dilation,
+                                                            ceil_mode)
+        conf = (x.shape[-1], kernel, stride, padding, dilation)
+        ctx.window = _pack_window(window_index(flat, *conf), kernel[0] * kernel[1])
+        memory.record(ctx.window)
+        ctx.conf = conf
+        ctx.ceil_mode = ceil_mode
+        ctx.x_geom = (x.shape, x.stride(), x.dtype, x.device)
+        if return_indices:
+            ctx.mark_non_differentiable(flat)
+            return out, flat
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor, *unused: Any) -> Tuple[Optional[Tensor], ...]:
+        in_w, kernel, stride, padding, dilation = ctx.conf
+        flat = flat_index(_unpack_window(ctx.window), *ctx.conf)
+        shape, strides, dtype, device = ctx.x_geom
+        like = torch.empty_strided(shape, strides, dtype=dtype, device=device)  # geometry only
+        gx = torch.ops.aten.max_pool2d_with_indices_backward(grad_out, like, kernel, stride,
+                                                             padding, dilation, ctx.ceil_mode,
+                                                             flat)
+        return gx, None, None, None, None, None, None
+
+
+class QMaxPool2d(nn.MaxPool2d):
+    """:class:`torch.nn.MaxPool2d` keeping window positions (4 bits per output for 3x3) instead
+    of its input plus int64 indices."""
+
+    def forward(self, input: Tensor) -> Any:
+        if input.dim() not in (3, 4) or not input.is_floating_point() or \
+                not compress_active(self, input):
+            return super().forward(input)
+        stride = self.stride if self.stride is not None and self.stride != [] else \
+            self.kernel_size
+        return _MaxPool2dFunction.apply(input, _pair(self.kernel_size), _pair(stride),
+                                        _pair(self.padding), _pair(self.dilation),
+                                        self.ceil_mode, self.return_indices)
+
+
+class _AvgPool2dFunction(AmpFunction):
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, kernel: Tuple[int, int], stride: Tuple[int, int],
+                padding: Tuple[int, int], ceil_mode: bool, count_include_pad: bool,
+                divisor_override: Optional[int]) -> Tensor:
+        ctx.conf = (kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        ctx.x_geom = (x.shape, x.stride(), x.dtype, x.device)
+        return F.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad,
+                            divisor_override)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
+        shape, strides, dtype, device = ctx.x_geom
+        like = torch.empty_strided(shape, strides, dtype=dtype, device=device)  # geometry only
+        gx = torch.ops.aten.avg_pool2d_backward(grad_out, like, *ctx.conf)
+        return gx, None, None, None, None, None, None
+
+
+class QAvgPool2d(nn.AvgPool2d):
+    """:class:`torch.nn.AvgPool2d` keeping nothing but the input's shape (torch keeps the input)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.dim() not in (3, 4) or not compress_active(self, input):
+            return super().forward(input)
+        stride = self.stride if self.stride is not None and self.stride != [] else \
+            self.kernel_size
+        return _AvgPool2dFunction.apply(input, _pair(self.kernel_size), _pair(stride),
+                                        _pair(self.padding), self.ceil_mode,
+                                        self.count_include_pad, self.divisor_override)

@@ -1,0 +1,193 @@
+"""Gradients with compression on (L2: 4 bits; L3: 2 bits on average, per-sample mixed).
+
+Stochastic rounding makes every saved element unbiased with variance at most step^2 / 4 (step =
+group range / (2^bits - 1), read from the compressed tensor's metadata). Hence:
+
+* gradients linear in the saved input (conv/linear weight grads, norm affine grads given the saved
+  statistics) are unbiased: the mean over seeds matches the exact gradient within its standard
+  error (statistic T = |mean - exact|^2 / (sum var / K), about 1 when unbiased);
+* their mean squared error is bounded by the variance formula pushed through the layer
+  (e.g. ``conv_weight_grad(grad^2, step^2/4)``), and for GELU/SiLU by Lipschitz(f') ^ 2 times it;
+* gradients that do not read the saved input (conv/linear input grads) stay exact.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable, Dict, List, Optional, Tuple
+
+import pytest
+import torch
+from torch import nn
+
+from actnn_mm.engine import CompressedTensor, CompressionConfig
+from actnn_mm.layers import QLAYERS
+from actnn_mm.memory import SavedBytesCounter
+
+SEEDS = 24
+LEVELS = {
+    'L2': CompressionConfig.from_level('L2', min_numel=0),
+    'L3': CompressionConfig.from_level('L3', min_numel=0),
+}
+
+
+def _pair(twin: nn.Module, config: CompressionConfig) -> Tuple[nn.Module, nn.Module]:
+    """(twin, a Q copy of it with the same weights) -- the class swap ``convert`` does."""
+    q = copy.deepcopy(twin)
+    q.__class__ = QLAYERS[type(twin)]
+    q.actnn_config = config
+    return twin, q
+
+
+def _run(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, seed: int
+         ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], List[CompressedTensor]]:
+    module.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    torch.manual_seed(seed)
+    with SavedBytesCounter(keep_objects=True) as counter:
+        y = module(x)
+    y.backward(grad)
+    grads = {n: p.grad.clone() for n, p in module.named_parameters()}
+    return x.grad, grads, [o for o in counter.objects if isinstance(o, CompressedTensor)]
+
+
+def _element_var_bound(c: CompressedTensor, shape: torch.Size) -> torch.Tensor:
+    """step^2 / 4 for every element of the (contiguous) tensor ``c`` was made from."""
+    n = shape[0] if len(shape) > 1 else 1
+    d = math.prod(shape) // n
+    step = c.meta.view(n, -1, 2)[..., 1]
+    var = (step.pow(2) / 4).repeat_interleave(c.group_size, dim=1)[:, :d]
+    return var.reshape(shape)
+
+
+def _chi2_quantile_per_dof(dof: int, z: float = 3.09) -> float:
+    """Wilson-Hilferty approximation of the chi-square quantile / dof (z = 3.09: 99.9%)."""
+    a = 2.0 / (9.0 * dof)
+    return (1.0 - a + z * math.sqrt(a)) ** 3
+
+
+def _assert_unbiased(samples: List[torch.Tensor], exact: torch.Tensor,
+                     limit: Optional[float] = None) -> None:
+    """T below the 99.9% quantile for independent elements (or ``limit``: correlated ones)."""
+    s = torch.stack(samples).double()
+    k = s.shape[0]
+    mean, var = s.mean(0), s.var(0)
+    assert var.sum() > 0, 'no randomness: compression did not happen'
+    t = ((mean - exact.double()) ** 2).sum() / (var.sum() / k)
+    limit = limit or _chi2_quantile_per_dof(exact.numel())
+    assert t < limit, f'biased: T = {t:.2f} (about 1 when unbiased; limit {limit:.2f})'
+
+
+def _assert_mse_within(samples: List[torch.Tensor], exact: torch.Tensor, bound: float) -> None:
+    mse = torch.stack([(s.double() - exact.double()).pow(2).sum() for s in samples]).mean()
+    assert 0 < mse <= 1.1 * bound, f'mse {mse:.3g} above the variance bound {bound:.3g}'
+
+
+def _collect(twin: nn.Module, q: nn.Module, x: torch.Tensor):
+    torch.manual_seed(0)
+    y = twin(x.clone().requires_grad_())
+    grad = torch.randn_like(y)
+    ex_x, ex_p, _ = _run(twin, x, grad, 0)
+    runs = [_run(q, x, grad, 1000 + s) for s in range(SEEDS)]
+    return grad, ex_x, ex_p, runs
+
+
+CONVS = [
+    ('conv2d', lambda: nn.Conv2d(8, 6, 3, padding=1), (4, 8, 12, 12)),
+    ('conv2d-strided-grouped', lambda: nn.Conv2d(8, 6, 3, stride=2, groups=2), (4, 8, 13, 13)),
+    ('conv1d', lambda: nn.Conv1d(8, 6, 5, padding=2), (4, 8, 64)),
+    ('conv-transpose2d', lambda: nn.ConvTranspose2d(8, 6, 3, stride=2, padding=1), (4, 8, 9, 9)),
+]
+
+
+@pytest.mark.parametrize('level', list(LEVELS))
+@pytest.mark.parametrize('name,make,shape', CONVS, ids=[c[0] for c in CONVS])
+def test_conv_weight_grad_unbiased_and_within_variance_bound(name: str, make: Callable,
+                                                             shape: Tuple, level: str) -> None:
+    twin, q = _pair(make(), LEVELS[level])
+    x = torch.randn(shape)
+    grad, ex_x, ex_p, runs = _collect(twin, q, x)
+    _assert_unbiased([r[1]['weight'] for r in runs], ex_p['weight'])
+    # Var(weight grad) = conv weight-grad of (grad^2, per-element variance): every input element
+    # meets each weight element at most once.
+    m = twin
+    c = runs[0][2][0]
+    var_x = _element_var_bound(c, x.shape)
+    _, var_w, _ = torch.ops.aten.convolution_backward(
+        grad.pow(2), var_x, m.weight, None, m.stride, m.padding, m.dilation, m.transposed,
+        m.output_padding, m.groups, [False, True, False])
+    _assert_mse_within([r[1]['weight'] for r in runs], ex_p['weight'], var_w.sum().item())
+    for r in runs:  # input and bias gradients never read the saved input
+        torch.testing.assert_close(r[0], ex_x, rtol=0, atol=0)
+        torch.testing.assert_close(r[1]['bias'], ex_p['bias'], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('level', list(LEVELS))
+@pytest.mark.parametrize('shape', [(8, 512), (4, 16, 32), (2, 3, 8, 32)], ids=['2d', '3d', '4d'])
+def test_linear_weight_grad_unbiased_and_within_variance_bound(shape: Tuple, level: str) -> None:
+    twin, q = _pair(nn.Linear(shape[-1], 24), LEVELS[level])
+    x = torch.randn(shape)
+    grad, ex_x, ex_p, runs = _collect(twin, q, x)
+    _assert_unbiased([r[1]['weight'] for r in runs], ex_p['weight'])
+    var_x = _element_var_bound(runs[0][2][0], x.shape).reshape(-1, shape[-1])
+    var_w = grad.reshape(-1, 24).pow(2).t() @ var_x
+    _assert_mse_within([r[1]['weight'] for r in runs], ex_p['weight'], var_w.sum().item())
+    for r in runs:
+        torch.testing.assert_close(r[0], ex_x, rtol=0, atol=0)
+
+
+NORMS = [
+    ('batchnorm2d', lambda: nn.BatchNorm2d(8), (4, 8, 12, 12)),
+    ('layernorm', lambda: nn.LayerNorm(64), (4, 16, 64)),
+    ('groupnorm', lambda: nn.GroupNorm(4, 8), (4, 8, 12, 12)),
+]
+
+
+@pytest.mark.parametrize('level', list(LEVELS))
+@pytest.mark.parametrize('name,make,shape', NORMS, ids=[n[0] for n in NORMS])
+def test_norm_grads_unbiased_affine_and_close_input(name: str, make: Callable, shape: Tuple,
+                                                    level: str) -> None:
+    m = make()
+    with torch.no_grad():  # non-trivial affine parameters
+        m.weight.uniform_(0.5, 1.5)
+        m.bias.uniform_(-0.5, 0.5)
+    twin, q = _pair(m, LEVELS[level])
+    x = torch.randn(shape) * 2 + 0.5
+    grad, ex_x, ex_p, runs = _collect(twin, q, x)
+    # weight grad = sum(grad * x_hat), linear in the saved input given the saved mean/rstd.
+    _assert_unbiased([r[1]['weight'] for r in runs], ex_p['weight'])
+    for r in runs:
+        torch.testing.assert_close(r[1]['bias'], ex_p['bias'])
+    # Input grad: unbiased to first order (a second-order bias), its elements correlated through
+    # the per-channel/row reductions: a looser limit.
+    _assert_unbiased([r[0] for r in runs], ex_x, limit=2.0)
+
+
+ACTIVATIONS = [
+    ('gelu', lambda: nn.GELU(), 2 * math.exp(0) / math.sqrt(2 * math.pi)),  # max |gelu''|
+    ('gelu-tanh', lambda: nn.GELU(approximate='tanh'), 0.81),
+    ('silu', lambda: nn.SiLU(), 0.5),  # max |silu''|
+]
+
+
+@pytest.mark.parametrize('level', list(LEVELS))
+@pytest.mark.parametrize('name,make,lipschitz', ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
+def test_activation_input_grad_within_lipschitz_bound(name: str, make: Callable,
+                                                      lipschitz: float, level: str) -> None:
+    twin, q = _pair(make(), LEVELS[level])
+    x = torch.randn(4, 8, 12, 12)
+    grad, ex_x, _, runs = _collect(twin, q, x)
+    var_x = _element_var_bound(runs[0][2][0], x.shape)
+    # |f'(x^) - f'(x)| <= L |x^ - x| and E|x^ - x|^2 <= step^2 / 4.
+    bound = (grad.pow(2) * var_x).sum().item() * lipschitz ** 2
+    _assert_mse_within([r[0] for r in runs], ex_x, bound)
+
+
+def test_l3_uses_fewer_bits_than_l2() -> None:
+    x = torch.randn(4, 8, 12, 12)
+    sizes = {}
+    for level, cfg in LEVELS.items():
+        _, q = _pair(nn.Conv2d(8, 6, 3), cfg)
+        _, _, objs = _run(q, x, torch.ones(4, 6, 10, 10), 0)
+        sizes[level] = objs[0].nbytes
+    assert sizes['L3'] < 0.6 * sizes['L2']
