@@ -36,6 +36,26 @@ ACTNN_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
 #endif
 }
 
+// One Philox round on the counter (c0..c3) with key (k0, k1).
+ACTNN_HD void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t k0,
+                           uint32_t k1) {
+  uint32_t hi0, lo0, hi1, lo1;
+  mulhilo32(kPhiloxM0, c0, hi0, lo0);
+  mulhilo32(kPhiloxM1, c2, hi1, lo1);
+  const uint32_t n0 = hi1 ^ c1 ^ k0;
+  const uint32_t n2 = hi0 ^ c3 ^ k1;
+  c0 = n0;
+  c1 = lo1;
+  c2 = n2;
+  c3 = lo0;
+}
+
+// Key of round r (0-based): the key bumped r times.
+ACTNN_HD void philox_round_key(uint32_t k0, uint32_t k1, int r, uint32_t& rk0, uint32_t& rk1) {
+  rk0 = k0 + static_cast<uint32_t>(r) * kPhiloxW0;
+  rk1 = k1 + static_cast<uint32_t>(r) * kPhiloxW1;
+}
+
 // Random123's philox4x32_10: ten rounds, the key bumped between rounds.
 ACTNN_HD void philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
                             uint32_t k1, uint32_t out[4]) {
@@ -43,19 +63,9 @@ ACTNN_HD void philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, 
 #pragma unroll
 #endif
   for (int r = 0; r < 10; ++r) {
-    if (r > 0) {
-      k0 += kPhiloxW0;
-      k1 += kPhiloxW1;
-    }
-    uint32_t hi0, lo0, hi1, lo1;
-    mulhilo32(kPhiloxM0, c0, hi0, lo0);
-    mulhilo32(kPhiloxM1, c2, hi1, lo1);
-    const uint32_t n0 = hi1 ^ c1 ^ k0;
-    const uint32_t n2 = hi0 ^ c3 ^ k1;
-    c0 = n0;
-    c1 = lo1;
-    c2 = n2;
-    c3 = lo0;
+    uint32_t rk0, rk1;
+    philox_round_key(k0, k1, r, rk0, rk1);
+    philox_round(c0, c1, c2, c3, rk0, rk1);
   }
   out[0] = c0;
   out[1] = c1;

@@ -78,13 +78,17 @@ ACTNN_HD GroupParams group_params(float mn, float mx, bool bad, int bits) {
 }
 
 // u is uniform in [0, 1) for stochastic rounding, 0.5 for deterministic round-half-up.
+// t = (x - mn) * scale + u is never negative (x >= mn, scale >= 0, u >= 0), so truncation to an
+// integer is floor(t); the PyTorch reference computes floor + clamp, with the same result.
+ACTNN_HD uint32_t quantize_code(float x, float mn, float scale, float u, uint32_t B) {
+  const float t = f_add(f_mul(f_sub(x, mn), scale), u);
+  const uint32_t q = static_cast<uint32_t>(static_cast<int32_t>(t));
+  return q < B ? q : B;
+}
+
 ACTNN_HD uint32_t quantize_value(float x, const GroupParams& p, float u, int bits) {
   if (p.bad) return 0u;
-  const float B = static_cast<float>(max_level(bits));
-  float t = floorf(f_add(f_mul(f_sub(x, p.mn), p.scale), u));
-  t = t < 0.0f ? 0.0f : t;
-  t = t > B ? B : t;
-  return static_cast<uint32_t>(t);
+  return quantize_code(x, p.mn, p.scale, u, static_cast<uint32_t>(max_level(bits)));
 }
 
 ACTNN_HD float dequantize_value(uint32_t q, float mn, float step) {

@@ -43,7 +43,9 @@ def allocate_per_sample(sens: torch.Tensor, total_bits: int, min_bits: int = 1,
         return bits
     levels = max_bits - min_bits
     c = torch.nan_to_num(sens.detach().to(torch.float32), nan=0.0).clamp_min(0.0)
-    w = torch.tensor(level_weights(min_bits, max_bits), dtype=torch.float32, device=sens.device)
+    # delta(b) built on the device (a host list would be a blocking host-to-device copy).
+    b = torch.arange(max_bits, min_bits, -1, dtype=torch.float32, device=sens.device)
+    w = 1.0 / (torch.pow(2.0, b - 1) - 1).pow(2) - 1.0 / (torch.pow(2.0, b) - 1).pow(2)
     costs = (c.reshape(n, 1) * w.reshape(1, levels)).reshape(-1)
     # Tie-break toward removing higher bits first (w increases along a row): stable ordering.
     idx = torch.topk(costs, k, largest=False, sorted=False).indices

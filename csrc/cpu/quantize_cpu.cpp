@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <mutex>
+#include <type_traits>
 #include <optional>
 
 #include "checks.h"
@@ -36,6 +37,66 @@ inline void load_group(const T* src, int64_t len, float* buf, float& mn, float& 
   mn = lo;
   mx = hi;
   bad = nf != 0;
+}
+
+// Uniforms for the group's G elements: calls ctr0 .. ctr0 + G/4 - 1 of the stream, evaluated
+// round by round over all calls (structure of arrays) so the compiler vectorises the rounds.
+inline void philox_uniforms(uint64_t seed, uint64_t offset, uint64_t ctr0, int64_t calls,
+                            float* u) {
+  uint32_t c0[kMaxGroupSize / 4], c1[kMaxGroupSize / 4], c2[kMaxGroupSize / 4],
+      c3[kMaxGroupSize / 4];
+  for (int64_t k = 0; k < calls; ++k) {
+    const uint64_t c = ctr0 + static_cast<uint64_t>(k);
+    c0[k] = static_cast<uint32_t>(c);
+    c1[k] = static_cast<uint32_t>(c >> 32);
+    c2[k] = static_cast<uint32_t>(offset);
+    c3[k] = static_cast<uint32_t>(offset >> 32);
+  }
+  for (int r = 0; r < 10; ++r) {
+    uint32_t k0, k1;
+    philox_round_key(static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32), r, k0, k1);
+    for (int64_t k = 0; k < calls; ++k) philox_round(c0[k], c1[k], c2[k], c3[k], k0, k1);
+  }
+  for (int64_t k = 0; k < calls; ++k) {
+    u[4 * k] = uniform01(c0[k]);
+    u[4 * k + 1] = uniform01(c1[k]);
+    u[4 * k + 2] = uniform01(c2[k]);
+    u[4 * k + 3] = uniform01(c3[k]);
+  }
+}
+
+// Pack / unpack whole groups with the bit width known at compile time (unrolled shifts).
+template <int B>
+inline void pack_group(const uint32_t* q, int64_t chunks, uint8_t* out) {
+  for (int64_t c = 0; c < chunks; ++c) {
+    uint64_t v = 0;
+    for (int j = 0; j < 8; ++j) v |= static_cast<uint64_t>(q[8 * c + j]) << (j * B);
+    for (int i = 0; i < B; ++i) out[c * B + i] = static_cast<uint8_t>(v >> (8 * i));
+  }
+}
+
+template <int B>
+inline void unpack_group(const uint8_t* src, int64_t chunks, uint32_t* q) {
+  constexpr uint64_t mask = (uint64_t{1} << B) - 1;
+  for (int64_t c = 0; c < chunks; ++c) {
+    uint64_t v = 0;
+    for (int i = 0; i < B; ++i) v |= static_cast<uint64_t>(src[c * B + i]) << (8 * i);
+    for (int j = 0; j < 8; ++j) q[8 * c + j] = static_cast<uint32_t>((v >> (j * B)) & mask);
+  }
+}
+
+template <typename F>
+inline void with_bits(int b, F&& f) {
+  switch (b) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    default: f(std::integral_constant<int, 8>{}); break;
+  }
 }
 
 std::pair<uint64_t, uint64_t> draw_seed_offset(const std::optional<at::Generator>& generator) {
@@ -73,20 +134,23 @@ void quantize_kernel(const T* x, const Layout& l, int64_t bits, const int32_t* s
       meta[2 * gi] = valid_bits ? p.mn : NAN;
       meta[2 * gi + 1] = valid_bits ? p.step : NAN;
       if (!valid_bits) continue;  // inconsistent sample_bits/offsets: never write out of bounds
-      if (stochastic) {
-        const uint64_t ctr0 = static_cast<uint64_t>(gi) * static_cast<uint64_t>(G / 4);
-        for (int64_t k = 0; k < G / 4; ++k) {
-          uint32_t r[4];
-          philox_block(seed, offset, ctr0 + k, r);
-          for (int i = 0; i < 4; ++i) u[4 * k + i] = uniform01(r[i]);
-        }
+      if (p.bad) {
+        for (int64_t j = 0; j < G; ++j) q[j] = 0u;
       } else {
-        for (int64_t j = 0; j < len; ++j) u[j] = 0.5f;
+        if (stochastic) {
+          philox_uniforms(seed, offset, static_cast<uint64_t>(gi) * static_cast<uint64_t>(G / 4),
+                          G / 4, u);
+        } else {
+          for (int64_t j = 0; j < len; ++j) u[j] = 0.5f;
+        }
+        // quantize_value() without the per-element `bad` test: a loop that vectorises.
+        const float mn_ = p.mn, sc = p.scale;
+        const uint32_t Bq = static_cast<uint32_t>(max_level(b));
+        for (int64_t j = 0; j < len; ++j) q[j] = quantize_code(buf[j], mn_, sc, u[j], Bq);
+        for (int64_t j = len; j < G; ++j) q[j] = 0u;
       }
-      for (int64_t j = 0; j < len; ++j) q[j] = quantize_value(buf[j], p, u[j], b);
-      for (int64_t j = len; j < G; ++j) q[j] = 0u;
       uint8_t* out = payload + base;
-      for (int64_t c = 0; c < G / 8; ++c) store_bytes(out + c * chunk_bytes, pack8(q + 8 * c, b), b);
+      with_bits(b, [&](auto bb) { pack_group<decltype(bb)::value>(q, G / 8, out); });
     }
   });
 }
@@ -115,7 +179,7 @@ void dequantize_kernel(const uint8_t* payload, const float* meta, const Layout& 
       const float mn = meta[2 * gi], step = meta[2 * gi + 1];
       const uint8_t* src = payload + base;
       const int64_t chunks = (len + 7) / 8;
-      for (int64_t c = 0; c < chunks; ++c) unpack8(load_bytes(src + c * b, b), b, q + 8 * c);
+      with_bits(b, [&](auto bb) { unpack_group<decltype(bb)::value>(src, chunks, q); });
       for (int64_t j = 0; j < len; ++j) dst[j] = static_cast<T>(dequantize_value(q[j], mn, step));
     }
   });

@@ -437,6 +437,8 @@ at::Tensor dequantize_cuda(const at::Tensor& payload, const at::Tensor& meta, in
                                "dequantize");
   check_sample_bits(sample_bits, sample_offsets, bits, l, payload.device(), "dequantize");
   check_payload(payload, meta, l, sample_bits, bits, "dequantize");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(meta.const_data_ptr()) % 8 == 0,
+              "actnn_mm.dequantize: meta must be 8-byte aligned (read as (min, step) pairs)");
   const c10::cuda::CUDAGuard guard(payload.device());
   auto out = at::empty({num_samples * numel_per_sample}, payload.options().dtype(dtype));
   if (l.groups() == 0) return out;

@@ -85,7 +85,7 @@ def test_payload_size_is_exact(case):
 
 @given(cases())
 @settings(**SETTINGS)
-def test_same_seed_same_bytes_other_seed_other_bytes(case):
+def test_same_seed_same_bytes(case):
     x, n, group_size, bits, sample_bits, seed, stochastic = case
     b = sample_bits if sample_bits is not None else bits
     c1 = compress(x, b, group_size=group_size, seed=seed)
@@ -95,9 +95,15 @@ def test_same_seed_same_bytes_other_seed_other_bytes(case):
     g2 = torch.Generator().manual_seed(seed % 2**63)
     assert torch.equal(compress(x, b, group_size=group_size, generator=g1).payload,
                        compress(x, b, group_size=group_size, generator=g2).payload)
-    if x.numel() >= 64 and torch.isfinite(x).all() and x.float().std() > 0:
-        c3 = compress(x, b, group_size=group_size, seed=(seed + 1) % 2**64)
-        assert not torch.equal(c1.payload, c3.payload)
+
+
+@given(st.integers(0, 2**64 - 1), st.sampled_from([1, 2, 4, 8]))
+@settings(max_examples=20, deadline=None)
+def test_other_seed_other_bytes(seed, bits):
+    x = torch.randn(4, 1000)  # values spread inside their groups: rounding is really random
+    c1 = compress(x, bits, seed=seed)
+    c2 = compress(x, bits, seed=(seed + 1) % 2**64)
+    assert not torch.equal(c1.payload, c2.payload)
 
 
 @given(cases())
