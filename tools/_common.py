@@ -43,6 +43,7 @@ def load_config(path: str, cfg_options: Optional[dict] = None, launcher: str = '
     ``work_dir`` priority: CLI > config > ``./work_dirs/<config name>``.
     """
     cfg = Config.fromfile(path)
+    drop_collate_fn_scope(cfg)
     cfg.launcher = launcher
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -51,6 +52,20 @@ def load_config(path: str, cfg_options: Optional[dict] = None, launcher: str = '
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
     return cfg
+
+
+def drop_collate_fn_scope(cfg: Config) -> None:
+    """Remove the ``_scope_`` that ``pkg::`` inheritance adds to ``collate_fn`` dicts.
+
+    mmengine tags every typed dict of a ``mmpretrain::``/``mmdet::`` base with ``_scope_``, but
+    ``Runner.build_dataloader`` passes the rest of ``collate_fn`` as keyword arguments:
+    ``default_collate() got an unexpected keyword argument '_scope_'`` (MoCo v2's config).
+    """
+    for split in ('train', 'val', 'test'):
+        loader = cfg.get(f'{split}_dataloader')
+        collate = loader.get('collate_fn') if isinstance(loader, dict) else None
+        if isinstance(collate, dict):
+            collate.pop('_scope_', None)
 
 
 def ensure_data_exists(cfg: Config, splits: Sequence[str]) -> None:

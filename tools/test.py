@@ -27,6 +27,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument('--show-dir', help='directory where painted images will be saved')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument('--interval', type=int,
+                        help='visualize every N-th sample (default: the config\'s hook; mmseg '
+                        'draws every 50th)')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override some settings in the used config, the key-value pair in xxx=yyy format '
@@ -60,6 +63,8 @@ def enable_visualization(cfg: Config, args: argparse.Namespace) -> None:
     if args.show:
         vis.show = True
         vis.wait_time = args.wait_time
+    if args.interval is not None:
+        vis.interval = args.interval
 
 
 def main(argv=None) -> None:

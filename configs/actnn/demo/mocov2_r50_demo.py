@@ -41,6 +41,9 @@ train_dataloader = dict(
     batch_size=batch_size,
     num_workers=0,
     persistent_workers=False,
+    # restated without the `_scope_` that `mmpretrain::` inheritance adds (a TypeError in
+    # Runner.build_dataloader, which passes collate_fn's keys as arguments)
+    collate_fn=dict(_delete_=True, type='default_collate'),
     dataset=dict(data_root=data_root, split='train', pipeline=train_pipeline))
 
 # --- schedule --------------------------------------------------------------------------------
