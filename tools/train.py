@@ -10,10 +10,12 @@ and ``custom_imports`` in the config are honoured. Without CUDA a distributed la
 """
 import argparse
 import os
+import sys
 
 from _common import (build_runner, ensure_data_exists, load_config,
                      setup_cache_size_limit_of_dynamo, setup_cpu_distributed)
 from mmengine.config import DictAction
+from mmengine.device import get_device
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,6 +53,9 @@ def main(argv=None) -> None:
     cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
 
     if args.amp:
+        if get_device() == 'cpu':  # mmengine's AmpOptimWrapper asserts an accelerator
+            sys.exit('--amp needs a GPU (or NPU/MLU/MUSA): mmengine\'s AmpOptimWrapper does not '
+                     'train on CPU, and no accelerator is visible.')
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
 

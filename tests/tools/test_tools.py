@@ -84,3 +84,26 @@ def test_missing_data_gives_the_command_that_makes_it(tmp_path) -> None:
     assert 'data/coco/annotations/instances_train2017.json' in res.stderr
     assert 'python tools/make_demo_data.py coco --out data' in res.stderr
     assert 'Traceback' not in res.stderr
+
+
+def test_resume_continues_from_the_checkpoint(demo_dir: str, trained: str) -> None:
+    """Auto-resume reads an mmengine checkpoint (under torch's safe unpickler) and goes on."""
+    work_dir = osp.join(demo_dir, 'resumed')
+    os.makedirs(work_dir)
+    with open(osp.join(work_dir, 'last_checkpoint'), 'w') as f:
+        f.write(osp.join(trained, 'iter_2.pth'))
+    tiny = [o.replace('max_iters=2', 'max_iters=3') for o in TINY]
+    res = run_tool([osp.join(REPO, 'tools/train.py'), FASTER_RCNN, '--work-dir', work_dir,
+                    '--resume', '--cfg-options', *tiny, 'train_cfg.val_interval=3'], demo_dir)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-6000:]
+    assert 'resumed epoch: 0, iter: 2' in out and 'Iter(train) [3/3]' in out
+    assert osp.isfile(osp.join(work_dir, 'iter_3.pth'))
+
+
+@pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='CPU-only behaviour')
+def test_amp_on_cpu_is_a_clear_error(demo_dir: str) -> None:
+    res = run_tool([osp.join(REPO, 'tools/train.py'), FASTER_RCNN, '--amp', '--work-dir',
+                    osp.join(demo_dir, 'amp')], demo_dir)
+    assert res.returncode != 0 and '--amp needs a GPU' in res.stderr
+    assert 'Traceback' not in res.stderr
