@@ -13,6 +13,7 @@
 import argparse
 import copy
 import os.path as osp
+import sys
 import time
 from typing import Callable, Dict, Optional
 
@@ -140,7 +141,10 @@ def report_memory(runner: Runner, level: str) -> Dict[str, int]:
 def main(argv=None) -> None:
     args = parse_args(argv)
     start = time.time()
-    root, written = make_demo_data('coco', data_root=args.data_root)
+    try:
+        root, written = make_demo_data('coco', data_root=args.data_root)
+    except FileExistsError as e:  # a real dataset lives there: never write into it
+        sys.exit(f'demo: {e}. Pass --data-root with another folder.')
     print(f'[demo] synthetic COCO in {root}: {"made" if written else "already there"}')
 
     runner = build_runner(demo_config(args))

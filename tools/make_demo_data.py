@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Make small synthetic datasets in the real COCO / Cityscapes / ImageNet layouts.
 
-    python tools/make_demo_data.py all                      # data/coco, data/cityscapes, data/imagenet
+    python tools/make_demo_data.py all       # data/coco, data/cityscapes, data/imagenet
     python tools/make_demo_data.py coco --num-train 64 --num-val 16 --img-size 240 320 --seed 0
 
 Deterministic for a given seed; a second run with the same arguments does nothing (``--force``

@@ -123,12 +123,12 @@ def missing_data(cfg: Mapping, splits: Sequence[str] = ('train', 'val', 'test')
                                         ds.get('data_root') or ''))
         evaluators = cfg.get(f'{split}_evaluator')
         evaluators = evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]
-        for i, ev in enumerate(evaluators):
-            if isinstance(ev, Mapping) and isinstance(ev.get('ann_file'), str) \
-                    and not osp.exists(ev['ann_file']):
-                missing.append((ev['ann_file'], f'{split}_evaluator.ann_file',
-                                _kind_of(ev, ev['ann_file']), osp.dirname(
-                                    osp.dirname(osp.normpath(ev['ann_file'])))))
+        for ev in evaluators:
+            ann = ev.get('ann_file') if isinstance(ev, Mapping) else None
+            if isinstance(ann, str) and ann and not osp.exists(ann):
+                # <root>/annotations/<file>.json: the dataset root is two levels up
+                root = osp.dirname(osp.dirname(osp.normpath(ann)))
+                missing.append((ann, f'{split}_evaluator.ann_file', _kind_of(ev, ann), root))
     seen, unique = set(), []
     for item in missing:
         if item[0] not in seen:
