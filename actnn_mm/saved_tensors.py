@@ -39,7 +39,7 @@ from . import memory
 from .engine import CompressionConfig, LayerScheme, get_default_config
 
 __all__ = ['compress_saved_tensors', 'install', 'uninstall', 'installed', 'share',
-           'is_param_like', 'EXACT']
+           'is_param_like', 'sample_view', 'Saved', 'EXACT']
 
 #: Cache value meaning "a layer keeps this tensor exact": later savers reuse it for free.
 EXACT = object()
@@ -65,30 +65,47 @@ def _key(t: Tensor) -> Tuple:
 
 
 class _ShareCache:
-    """tensor -> what was kept of it, valid while that tensor object lives and is unmodified."""
+    """tensor -> what was kept of it, for as long as sharing it is valid and useful.
+
+    The key holds the storage address, geometry and version counter; an entry is valid while
+    its *anchor* (the tensor, or the base it views) lives, so the address cannot have been
+    reused, and while its *holder* lives: the compressed object itself, or the autograd node that
+    keeps the tensor exact. Once the graph that kept it is freed (after backward) the entry is
+    gone: the next iteration compresses afresh even when the input tensor is the same object.
+    """
 
     def __init__(self) -> None:
-        self._entries: Dict[Tuple, Tuple[weakref.ref, Any]] = {}
+        self._entries: Dict[Tuple, Tuple[weakref.ref, Optional[weakref.ref], Any]] = {}
         self._lock = threading.Lock()
 
     def get(self, t: Tensor) -> Any:
         entry = self._entries.get(_key(t))
         if entry is None or entry[0]() is None:
             return None
-        return entry[1]
+        if entry[1] is not None:
+            holder = entry[1]()
+            if holder is None:
+                return None
+            return holder if entry[2] is None else entry[2]
+        return entry[2]
 
-    def put(self, t: Tensor, packed: Any) -> None:
+    def put(self, t: Tensor, value: Any = None, holder: Any = None) -> None:
+        """Share ``value`` (or, when None, ``holder`` itself) while ``t`` and ``holder`` live."""
         key = _key(t)
         entries, lock = self._entries, self._lock
 
         def drop(ref: weakref.ref, key: Tuple = key) -> None:
             with lock:
                 current = entries.get(key)
-                if current is not None and current[0] is ref:
+                if current is not None and ref in (current[0], current[1]):
                     del entries[key]
 
+        # A view made inside an op (matmul's flattening reshape) dies right after being saved:
+        # anchor the entry to its base, which lives as long as the memory can be shared.
+        anchor = t._base if t._base is not None else t
+        holder_ref = weakref.ref(holder, drop) if holder is not None else None
         with lock:
-            entries[key] = (weakref.ref(t, drop), packed)
+            entries[key] = (weakref.ref(anchor, drop), holder_ref, value)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -98,13 +115,31 @@ class _ShareCache:
             self._entries.clear()
 
 
-class _Saved:
-    """What the pack hook returns for a compressed tensor: the shared object and its scheme."""
+class Saved:
+    """A compressed tensor as kept for backward: the engine object, the scheme that made it (its
+    ``decompress`` is the inverse) and, when it was compressed as a reshaped view, the shape."""
 
-    __slots__ = ('packed', 'scheme')
+    __slots__ = ('packed', 'scheme', 'shape', '__weakref__')
 
-    def __init__(self, packed: Any, scheme: Any) -> None:
-        self.packed, self.scheme = packed, scheme
+    def __init__(self, packed: Any, scheme: Any, shape: Optional[torch.Size] = None) -> None:
+        self.packed, self.scheme, self.shape = packed, scheme, shape
+
+    def unpack(self) -> Tensor:
+        out = self.scheme.decompress(self.packed)
+        return out if self.shape is None else out.reshape(self.shape)
+
+
+#: A sample (dim 0) holding fewer features than this is regrouped with the others: tensors that
+#: matmul/linear save as flattened token matrices ``(B*L, C)`` would otherwise pad every row of
+#: ``C < group_size`` features to a whole group and pay its metadata.
+MIN_SAMPLE_FEATURES = 1024
+
+
+def sample_view(t: Tensor) -> Tensor:
+    """``t`` as the engine should see it: samples along dim 0, or one sample when rows are small."""
+    if t.dim() >= 2 and t.shape[0] > 1 and t.numel() // t.shape[0] < MIN_SAMPLE_FEATURES:
+        return t.reshape(1, -1)
+    return t
 
 
 _CACHE = _ShareCache()
@@ -112,26 +147,32 @@ _CACHE = _ShareCache()
 _RELU_DONE = _ShareCache()
 
 
-def share(x: Tensor, scheme: Any, exact: Optional[bool] = None) -> Any:
-    """Keep ``x`` for backward once, however many savers ask for it.
+def share(x: Tensor, scheme: Any, exact: Optional[bool] = None, owner: Any = None) -> Any:
+    """Keep ``x`` for backward once, however many savers of the same graph ask for it.
 
-    ``scheme.compress(x)`` returns ``x`` (keep exact) or a compressed object; it runs only when no
-    earlier saver kept ``x``. A saver that must stay exact (``exact=True``) keeps ``x`` and makes
-    later savers reuse it; one that would compress reuses an exact ``x`` kept by another saver
-    (that costs no memory) or the compressed copy another saver made (``scheme.decompress`` and
-    the maker's decompress are the same engine inverse).
+    Returns ``x`` (keep it exact: ``save_for_backward`` it) or a :class:`Saved` (``.unpack()`` in
+    backward). ``scheme.compress(x)`` runs only when no live saver kept ``x``. A saver that must
+    stay exact (``exact=True``; ``owner``: its autograd ctx, which bounds the sharing) keeps ``x``
+    and later savers reuse it; one that would compress reuses an exact ``x`` kept by another
+    saver (that costs no memory) or the compressed copy another saver made.
     """
     if exact:
-        _CACHE.put(x, EXACT)
+        if owner is not None:
+            _CACHE.put(x, EXACT, holder=owner)
         return x
     hit = _CACHE.get(x)
     if hit is EXACT:
         return x
     if hit is not None:
-        return hit.packed
+        return hit
     packed = scheme.compress(x)
-    _CACHE.put(x, EXACT if packed is x else _Saved(packed, scheme))
-    return packed
+    if packed is x:
+        if owner is not None:
+            _CACHE.put(x, EXACT, holder=owner)
+        return x
+    saved = Saved(packed, scheme)
+    _CACHE.put(x, holder=saved)
+    return saved
 
 
 def param_storages(modules: Optional[List[nn.Module]]) -> Set[int]:
@@ -299,13 +340,13 @@ class compress_saved_tensors(ContextDecorator):
             memory.record(hit.packed)
             return hit
         scheme = self._scheme()
-        packed = scheme.compress(t)
-        if packed is t:
-            _CACHE.put(t, EXACT)
+        view = sample_view(t)
+        packed = scheme.compress(view)
+        if packed is view:  # not worth compressing: kept as it is
             memory.record(t)
             return t
-        saved = _Saved(packed, scheme)
-        _CACHE.put(t, saved)
+        saved = Saved(packed, scheme, None if view is t else t.shape)
+        _CACHE.put(t, holder=saved)
         memory.record(packed)
         return saved
 
@@ -313,8 +354,8 @@ class compress_saved_tensors(ContextDecorator):
     def _unpack(saved: Any) -> Tensor:
         if isinstance(saved, _ReluMask):
             return saved.unpack()
-        if isinstance(saved, _Saved):
-            return saved.scheme.decompress(saved.packed)
+        if isinstance(saved, Saved):
+            return saved.unpack()
         return saved
 
 

@@ -54,15 +54,16 @@ def get_scheme(module: nn.Module, kind: str, kernel_area: int = 1, groups: int =
     return scheme
 
 
-def pack_activation(x: Tensor, scheme: LayerScheme) -> Any:
+def pack_activation(x: Tensor, scheme: LayerScheme, owner: Any = None) -> Any:
     """Compress ``x`` for backward, or reuse the copy another layer already made of it.
 
     Returns ``x`` itself when it is to be kept exact (then save it with ``save_for_backward``),
-    else the compressed object (keep it on ``ctx``; it is reported to the saved-bytes counter).
+    else a :class:`~actnn_mm.saved_tensors.Saved` (keep it on ``ctx``; it is reported to the
+    saved-bytes counter).
     """
-    packed = saved_tensors.share(x, scheme, exact=scheme_is_exact(scheme, x))
+    packed = saved_tensors.share(x, scheme, exact=scheme_is_exact(scheme, x), owner=owner)
     if packed is not x:
-        memory.record(packed)
+        memory.record(packed.packed)
     return packed
 
 
@@ -70,6 +71,8 @@ def unpack_activation(packed: Any, exact: Optional[Tensor], scheme: LayerScheme)
     """Inverse of :func:`pack_activation`: ``exact`` is what ``save_for_backward`` returned."""
     if packed is None:
         return exact
+    if isinstance(packed, saved_tensors.Saved):
+        return packed.unpack()
     return scheme.decompress(packed)
 
 
@@ -105,7 +108,7 @@ def save_input(ctx: Any, x: Tensor, scheme: LayerScheme, needed: bool = True) ->
         ctx.x_exact, ctx.packed = None, None
         ctx.x_geom = (x.shape, x.stride(), x.dtype, x.device)
         return
-    packed = pack_activation(x, scheme)
+    packed = pack_activation(x, scheme, owner=ctx)
     exact = packed is x
     ctx.x_exact = x if exact else None
     ctx.packed = None if exact else packed

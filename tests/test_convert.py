@@ -1,0 +1,240 @@
+"""``convert`` / ``revert``: same Parameter and buffer objects, optimizer and checkpoints stay
+valid, levels decide what converts, unsupported modules are reported, twice is a no-op."""
+from __future__ import annotations
+
+import copy
+import io
+from typing import List
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from actnn_mm import convert, get_allocator, revert
+from actnn_mm.convert import is_converted
+from actnn_mm.engine import BitAllocator, CompressionConfig
+from actnn_mm.layers import QLAYERS, TWINS, QBatchNorm2d, QConv2d, QLinear, QMaxPool2d, QReLU
+from actnn_mm.saved_tensors import installed
+
+L0 = CompressionConfig.from_level('L0')
+L3 = CompressionConfig.from_level('L3')
+
+
+def _resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=10)
+
+
+def _x() -> torch.Tensor:
+    return torch.randn(2, 3, 64, 64)
+
+
+def test_keeps_parameter_and_buffer_objects_and_names() -> None:
+    model = _resnet()
+    params = list(model.named_parameters())
+    buffers = list(model.named_buffers())
+    keys = list(model.state_dict())
+    supported = [n for n, m in model.named_modules() if type(m) in QLAYERS]
+    report = convert(model, L3)
+    assert [n for n, _, _ in report.converted] == supported
+    assert [(n, id(p)) for n, p in model.named_parameters()] == [(n, id(p)) for n, p in params]
+    assert [(n, id(b)) for n, b in model.named_buffers()] == [(n, id(b)) for n, b in buffers]
+    assert list(model.state_dict()) == keys
+    assert type(model.conv1) is QConv2d and type(model.bn1) is QBatchNorm2d
+    assert type(model.relu) is QReLU and type(model.maxpool) is QMaxPool2d
+    assert type(model.fc) is QLinear
+
+
+def test_optimizer_built_before_conversion_keeps_training() -> None:
+    model = _resnet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    F.cross_entropy(model(_x()), torch.tensor([1, 2])).backward()
+    opt.step()
+    convert(model, L3)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    F.cross_entropy(model(_x()), torch.tensor([1, 2])).backward()
+    opt.step()
+    assert all(p in opt.state and 'momentum_buffer' in opt.state[p] for p in model.parameters())
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_checkpoints_load_into_either_form() -> None:
+    plain, converted = _resnet(), _resnet()
+    with torch.no_grad():
+        for p in converted.parameters():
+            p.add_(1)
+    convert(converted, L3)
+    plain.load_state_dict(converted.state_dict())  # strict
+    for a, b in zip(plain.state_dict().values(), converted.state_dict().values()):
+        assert torch.equal(a, b)
+    fresh = _resnet()
+    converted.load_state_dict(fresh.state_dict())
+    for a, b in zip(fresh.state_dict().values(), converted.state_dict().values()):
+        assert torch.equal(a, b)
+    buf = io.BytesIO()  # the whole module pickles (hooks and schemes included)
+    torch.save(converted, buf)
+    buf.seek(0)
+    again = torch.load(buf, weights_only=False)
+    assert type(again.conv1) is QConv2d and installed(again) is not None
+    again(_x()).sum().backward()
+
+
+def test_l0_converted_gradients_bitwise_equal_to_torch() -> None:
+    ref = _resnet()
+    model = copy.deepcopy(ref)
+    convert(model, L0)
+    x = _x()
+    ref(x).logsumexp(1).sum().backward()
+    model(x).logsumexp(1).sum().backward()
+    for (n, a), (_, b) in zip(ref.named_parameters(), model.named_parameters()):
+        assert torch.equal(a.grad, b.grad), n
+    for (n, a), (_, b) in zip(ref.named_buffers(), model.named_buffers()):
+        assert torch.equal(a, b), n
+
+
+def test_compressed_converted_model_gradients_close() -> None:
+    ref = _resnet()
+    model = copy.deepcopy(ref)
+    convert(model, CompressionConfig.from_level('L2'))
+    x = _x()
+    ref(x).logsumexp(1).sum().backward()
+    model(x).logsumexp(1).sum().backward()
+    g_ref = torch.cat([p.grad.flatten() for p in ref.parameters()])
+    g = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert F.cosine_similarity(g, g_ref, dim=0) > 0.9
+
+
+def test_converting_twice_is_a_noop_and_revert_restores() -> None:
+    model = _resnet()
+    types = [type(m) for m in model.modules()]
+    first = convert(model, L3)
+    state = {n: (type(m), m.__dict__.get('actnn_config')) for n, m in model.named_modules()}
+    second = convert(model, L3)
+    assert second.num_converted == 0 and len(second.already) == first.num_converted
+    assert {n: (type(m), m.__dict__.get('actnn_config'))
+            for n, m in model.named_modules()} == state
+    assert len(model._forward_pre_hooks) == 1 and len(model._forward_hooks) == 1
+    assert is_converted(model)
+    assert revert(model) == first.num_converted
+    assert [type(m) for m in model.modules()] == types
+    assert not is_converted(model)
+    assert not model._forward_pre_hooks and not model._forward_hooks
+    assert all(not any(k.startswith(('actnn_', '_actnn')) for k in vars(m)) for m in model.modules())
+    model(_x()).sum().backward()
+
+
+def test_l1_leaves_norm_layers_exact() -> None:
+    model = _resnet()
+    report = convert(model, CompressionConfig.from_level('L1'))
+    assert type(model.bn1) is nn.BatchNorm2d and type(model.conv1) is QConv2d
+    reasons = report.skipped_reasons()
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert reasons['BatchNorm2d: level L1 keeps normalization exact'] == n_bn
+    assert 'keeps normalization exact' in str(report)
+
+
+def test_include_and_exclude() -> None:
+    model = _resnet()
+    convert(model, L3, include='layer1.*', exclude=[nn.BatchNorm2d, 'layer1.1.conv2'])
+    q = {n for n, m in model.named_modules() if type(m) in TWINS}
+    assert q == {'layer1.0.conv1', 'layer1.0.conv2', 'layer1.0.relu', 'layer1.1.conv1',
+                 'layer1.1.relu'}
+    model2 = _resnet()
+    convert(model2, L3, include=lambda name, m: isinstance(m, nn.ReLU), saved_tensors=False)
+    assert {type(m) for m in model2.modules() if type(m) in TWINS} == {QReLU}
+    assert installed(model2) is None
+
+
+class _MyConv(nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2
+
+
+class _Head(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = _MyConv(4, 4, 1)
+        self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.gate = nn.Sigmoid()
+        self.emb = nn.Embedding(10, 4)
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv(x)) * self.scale
+        t = x.flatten(2).transpose(1, 2)
+        t = self.attn(t, t, t)[0] + self.emb(torch.zeros(t.shape[:2], dtype=torch.long))
+        return self.gate(F.max_pool2d(t.transpose(1, 2).reshape(x.shape), 2))
+
+
+def test_unsupported_modules_and_functional_calls_are_reported() -> None:
+    model = _Head()
+    report = convert(model, L3)
+    skipped = {n: r for n, _, r in report.skipped}
+    assert skipped['conv'].startswith('subclass of nn.Conv2d with its own code')
+    assert skipped['attn'] == 'no Q-layer for this type: covered by saved-tensor compression'
+    assert 'gate' in skipped and 'emb' in skipped and '' in skipped  # root: own parameter
+    assert type(model.conv) is _MyConv  # left as it is
+    assert type(model.attn.out_proj) is not QLinear  # used functionally by MHA: a subclass
+    assert 'functional relu in _Head.forward: covered by saved-tensor compression' in \
+        report.functional
+    assert 'functional max_pool2d in _Head.forward: covered by saved-tensor compression' in \
+        report.functional
+    model(torch.randn(2, 4, 4, 4)).sum().backward()  # trains under the saved-tensor path
+    off = convert(_Head(), L3, saved_tensors=False)
+    assert any('not compressed (saved-tensor compression off)' in n for n in off.functional)
+
+
+def test_mmcv_wrapper_layers_convert_and_revert() -> None:
+    wrappers = pytest.importorskip('mmcv.cnn.bricks.wrappers')
+    model = nn.Sequential(wrappers.Conv2d(3, 4, 3), wrappers.MaxPool2d(2), wrappers.Linear(4, 2))
+    assert all(type(m) not in QLAYERS for m in model)  # subclasses of the torch layers
+    report = convert(model, L3)
+    assert report.num_converted == 3
+    assert [type(m) for m in model] == [QConv2d, QMaxPool2d, QLinear]
+    model(torch.randn(2, 3, 10, 10)).sum().backward()
+    revert(model)
+    assert [type(m) for m in model] == [wrappers.Conv2d, wrappers.MaxPool2d, wrappers.Linear]
+
+
+def test_deepcopy_keeps_buffers_paired_by_position() -> None:
+    """MoCo deep-copies the online encoder and pairs buffers by position for its EMA."""
+    online = _resnet()
+    convert(online, L3)
+    key = copy.deepcopy(online)
+    assert [n for n, _ in key.named_buffers()] == [n for n, _ in online.named_buffers()]
+    with torch.no_grad():
+        for b_k, b_o in zip(key.buffers(), online.buffers()):
+            b_k.copy_(b_o)
+        key(_x())  # the key encoder runs without grad: nothing compressed
+    online(_x()).sum().backward()
+    assert installed(key) is not None and installed(key) is not installed(online)
+
+
+def test_bit_allocator_collects_the_schemes() -> None:
+    model = _resnet()
+    convert(model, L3)
+    alloc = get_allocator(model)
+    assert isinstance(alloc, BitAllocator)
+    model(_x()).sum().backward()
+    names = set(alloc.layer_bits())
+    assert {'conv1', 'bn1', 'layer4.1.conv2', 'fc'} <= names
+    assert alloc.step()  # first step solves
+    bits = list(alloc.layer_bits().values())
+    assert min(bits) >= 1 and max(bits) <= 8
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('when', ['before', 'after'])
+def test_cuda_before_or_after_conversion(when: str) -> None:
+    model = _resnet()
+    if when == 'before':
+        model.cuda()
+    convert(model, L3)
+    if when == 'after':
+        model.cuda()
+    model(_x().cuda()).sum().backward()
+    assert all(p.grad is not None and p.grad.is_cuda for p in model.parameters())

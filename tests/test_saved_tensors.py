@@ -1,0 +1,181 @@
+"""Saved-tensor compression: every float activation autograd saves inside the context, once;
+parameters, buffers, tiny and non-float tensors left alone; Q-layers' copies reused."""
+from __future__ import annotations
+
+import copy
+import math
+from typing import List
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from actnn_mm import convert
+from actnn_mm.engine import CompressedTensor, CompressionConfig, PackedMask
+from actnn_mm.layers import QConv2d
+from actnn_mm.memory import SavedBytesCounter, measure_saved_bytes
+from actnn_mm.saved_tensors import compress_saved_tensors, install, installed, uninstall
+
+L3 = CompressionConfig.from_level('L3', min_numel=64)
+L2 = CompressionConfig.from_level('L2', min_numel=64)
+
+
+class FunctionalNet(nn.Module):
+    """Only functional ops: nothing a Q-layer could replace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(64, 32) / 6)
+        self.w2 = nn.Parameter(torch.randn(16, 64) / 8)
+        self.register_buffer('shift', torch.zeros(64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(F.linear(x, self.w1) + self.shift)
+        return F.linear(h, self.w2)
+
+
+def _objects(counter: SavedBytesCounter, kind: type) -> List:
+    return [o for o in counter.objects if isinstance(o, kind)]
+
+
+def test_functional_model_keeps_fewer_bytes() -> None:
+    model = FunctionalNet()
+    x = torch.randn(8, 16, 32)
+    exact = measure_saved_bytes(model, x)
+    ctx = compress_saved_tensors(L3)
+
+    def run(m: nn.Module, inp: torch.Tensor) -> torch.Tensor:
+        with ctx:
+            return m(inp)
+
+    compressed = measure_saved_bytes(model, x, forward=run)
+    assert exact.total / compressed.total > 8
+
+
+def test_functional_model_gradients_unbiased() -> None:
+    """ReLU keeps an exact mask and linear layers' weight grads are linear in what is saved."""
+    torch.manual_seed(0)
+    model = FunctionalNet()
+    x = torch.randn(8, 16, 32)
+    g = torch.randn(8, 16, 16)
+    model(x).backward(g)
+    exact = [p.grad.clone() for p in (model.w1, model.w2)]
+    ctx = compress_saved_tensors(L2)
+    samples: List[List[torch.Tensor]] = [[], []]
+    for seed in range(24):
+        model.zero_grad()
+        torch.manual_seed(100 + seed)
+        with ctx:
+            y = model(x)
+        y.backward(g)
+        samples[0].append(model.w1.grad.clone())
+        samples[1].append(model.w2.grad.clone())
+    for s, e in zip(samples, exact):
+        s = torch.stack(s).double()
+        assert s.var(0).sum() > 0
+        t = ((s.mean(0) - e.double()) ** 2).sum() / (s.var(0).sum() / s.shape[0])
+        assert t < 1.5, f'biased: T = {t:.2f}'
+
+
+def test_what_is_and_is_not_compressed() -> None:
+    model = FunctionalNet()
+    x = torch.randn(8, 16, 32)
+    tiny = torch.randn(4, 4, requires_grad=True)
+    index = torch.randint(0, 16, (300, ))
+    with SavedBytesCounter(model, keep_objects=True) as counter:
+        with compress_saved_tensors(L3, modules=[model]):
+            y = model(x)
+            y = y + (tiny @ tiny).sum()  # tiny: kept exact
+            y = y.index_select(2, index)  # int64 index: left alone
+    # x (saved by the first linear), relu output (saved by the second): compressed; the ReLU's
+    # own save: a 1-bit mask; weights and the buffer: never.
+    assert len(_objects(counter, CompressedTensor)) == 2
+    assert len(_objects(counter, PackedMask)) == 1
+    kinds = counter.by_kind
+    assert kinds['exact'] == tiny.numel() * 4 + index.numel() * 8
+    y.sum().backward()
+    assert model.w1.grad is not None
+
+
+def test_tensor_saved_by_several_ops_compressed_once() -> None:
+    a = torch.randn(16, 16, requires_grad=True)
+    b = torch.randn(16, 16, requires_grad=True)
+    x = torch.randn(4, 64, 16, requires_grad=True) * 1  # an activation (non-leaf)
+    with SavedBytesCounter(keep_objects=True) as counter:
+        with compress_saved_tensors(L3):
+            y = (x @ a).sum() + (x @ b).sum() + (x * 3).exp().sum()
+    assert len(_objects(counter, CompressedTensor)) == 2  # x once (for a and b); exp's output
+    y.backward()
+
+
+def test_q_layer_copy_is_reused_not_compressed_twice() -> None:
+    conv = QConv2d(8, 8, 3)
+    conv.actnn_config = L3
+    w = torch.randn(8, 8, 3, 3, requires_grad=True)
+    x = torch.randn(2, 8, 12, 12)
+    with SavedBytesCounter(conv, keep_objects=True) as counter:
+        with compress_saved_tensors(L3):
+            y = conv(x).sum() + F.conv2d(x, w).sum()  # the same input, saved by both
+    assert len(_objects(counter, CompressedTensor)) == 1
+    y.backward()
+    assert w.grad is not None and conv.weight.grad is not None
+
+
+def test_eval_and_no_grad_compress_nothing() -> None:
+    model = FunctionalNet()
+    install(model, L3)
+    x = torch.randn(8, 16, 32)
+    model.eval()
+    with SavedBytesCounter(model, keep_objects=True) as counter:
+        model(x)
+    assert counter.objects == []
+    model.train()
+    with torch.no_grad(), SavedBytesCounter(model, keep_objects=True) as counter:
+        model(x)
+    assert counter.total == 0
+    with SavedBytesCounter(model, keep_objects=True) as counter:
+        model(x).sum().backward()
+    assert _objects(counter, CompressedTensor)
+    assert uninstall(model) and installed(model) is None
+
+
+def test_context_is_reentrant_and_survives_exceptions() -> None:
+    model = FunctionalNet()
+    ctx = install(model, L3)
+    with pytest.raises(RuntimeError):
+        model(torch.randn(3, 5))  # wrong shape: the forward raises
+    assert not ctx.active  # the always-called exit hook left the context
+    with ctx:
+        model(torch.randn(8, 16, 32)).sum().backward()  # nested entry: one push
+    assert not ctx.active
+
+
+def _swin():
+    pytest.importorskip('mmpretrain')
+    from mmpretrain.models import SwinTransformer
+    torch.manual_seed(0)
+    return SwinTransformer(arch='tiny', img_size=64, window_size=2, drop_path_rate=0.0,
+                           init_cfg=None)
+
+
+@pytest.mark.parametrize('with_qlayers', [False, True], ids=['saved-tensors', 'both'])
+def test_swin_backbone_trains_with_compressed_activations(with_qlayers: bool) -> None:
+    ref = _swin()
+    model = copy.deepcopy(ref)
+    cfg = CompressionConfig.from_level('L2')
+    if with_qlayers:
+        convert(model, cfg)
+    else:
+        install(model, cfg)
+    x = torch.randn(2, 3, 64, 64)
+    proj = torch.randn(2, 768, 2, 2)  # a generic loss (|LayerNorm(x)|^2 would be constant)
+    (ref(x)[-1] * proj).sum().backward()
+    with SavedBytesCounter(model, keep_objects=True) as counter:
+        out = model(x)
+    (out[-1] * proj).sum().backward()
+    assert _objects(counter, CompressedTensor)
+    g_ref = torch.cat([p.grad.flatten() for p in ref.parameters() if p.grad is not None])
+    g = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert g.shape == g_ref.shape and torch.isfinite(g).all()
+    assert F.cosine_similarity(g, g_ref, dim=0) > 0.95
