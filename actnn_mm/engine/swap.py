@@ -67,6 +67,8 @@ class Swapper:
         c.swap = self
         c._swap_state = state  # type: ignore[attr-defined]
         with self._lock:
+            if len(self._pending) > 4096:  # forward passes without backward: drop dead entries
+                self._pending = [r for r in self._pending if r() is not None]
             self._pending.append(weakref.ref(c))
         return c
 
