@@ -238,3 +238,16 @@ def test_cuda_before_or_after_conversion(when: str) -> None:
         model.cuda()
     model(_x().cuda()).sum().backward()
     assert all(p.grad is not None and p.grad.is_cuda for p in model.parameters())
+
+
+def test_mmdet_head_functional_relu_is_reported() -> None:
+    pytest.importorskip('mmdet')
+    from mmdet.models.dense_heads import RPNHead
+    head = RPNHead(in_channels=8, feat_channels=8, anchor_generator=dict(
+        type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0], strides=[4]))
+    report = convert(head, L3)
+    assert 'functional relu in RPNHead.forward_single: covered by saved-tensor compression' in \
+        report.functional
+    assert type(head.rpn_conv) is QConv2d
+    cls, reg = head.forward_single(torch.randn(2, 8, 16, 16))
+    (cls.sum() + reg.sum()).backward()

@@ -160,3 +160,30 @@ def _ctor_args(m: nn.Module) -> Tuple:
     if isinstance(m, nn.GroupNorm):
         return (m.num_groups, m.num_channels)
     return (m.kernel_size, )
+
+
+CHANNELS_LAST = [nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+                 nn.AvgPool2d(2), nn.GroupNorm(2, 8), nn.GELU(), nn.Dropout(0.3)]
+
+
+@pytest.mark.parametrize('twin', CHANNELS_LAST, ids=lambda m: type(m).__name__)
+def test_channels_last_inputs(twin: nn.Module) -> None:
+    """Same values and strides (compressed copies come back in the input's memory format)."""
+    import copy
+    q = copy.deepcopy(twin)
+    q.__class__ = QLAYERS[type(twin)]
+    q.actnn_config = L0
+    x = torch.randn(2, 8, 10, 10).contiguous(memory_format=torch.channels_last)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.manual_seed(0)
+    y1 = twin(x1 * 1)
+    torch.manual_seed(0)
+    y2 = q(x2 * 1)
+    assert torch.equal(y1, y2) and y1.stride() == y2.stride()
+    grad = torch.randn_like(y1)
+    y1.backward(grad)
+    y2.backward(grad)
+    assert torch.equal(x1.grad, x2.grad) and x1.grad.stride() == x2.grad.stride()
+    q.actnn_config = L3
+    y3 = q(x.clone().requires_grad_() * 1)
+    y3.backward(grad)
