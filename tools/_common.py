@@ -47,6 +47,9 @@ def load_config(path: str, cfg_options: Optional[dict] = None, launcher: str = '
     cfg.launcher = launcher
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    # `actnn = dict(...)` -> the ActNNHook that does it (checked now, before any training).
+    from actnn_mm.mm import apply_actnn_section
+    apply_actnn_section(cfg)
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir', None) is None:

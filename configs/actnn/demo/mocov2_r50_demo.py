@@ -4,14 +4,10 @@
 #   python tools/train.py configs/actnn/demo/mocov2_r50_demo.py
 #
 # Self-supervised pre-training: no validation. `queue_len` must divide by the global batch size.
-_base_ = ['mmpretrain::mocov2/mocov2_resnet50_8xb32-coslr-200e_in1k.py']
+# The paper's config (same model, same `actnn` section: L3), on small synthetic data.
+_base_ = ['../moco_r50_v2_bs512_e200_imagenet_2gpu.py']
 
 custom_imports = dict(imports=['actnn_mm'], allow_failed_imports=False)
-
-# --- ActNN -----------------------------------------------------------------------------------
-# Activation compression is switched on here (ActNN level / hook); until that lands this config
-# trains the exact model.
-# actnn = dict(level='L3')
 
 # --- model -----------------------------------------------------------------------------------
 batch_size = 4
