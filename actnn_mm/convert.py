@@ -24,7 +24,7 @@ from torch import nn
 
 from . import saved_tensors as _st
 from .engine import BitAllocator, CompressionConfig, get_default_config
-from .layers import NORM_LAYERS, QLAYERS, TWINS
+from .layers import NORM_LAYERS, QLAYERS, QLAYERS_BY_NAME, TWINS
 
 __all__ = ['convert', 'revert', 'is_converted', 'get_allocator', 'q_modules', 'ConversionReport',
            'Filter']
@@ -116,6 +116,9 @@ def _q_class_for(module: nn.Module) -> Tuple[Optional[type], str]:
     cls = type(module)
     if cls in QLAYERS:
         return QLAYERS[cls], ''
+    by_name = QLAYERS_BY_NAME.get(f'{cls.__module__}.{cls.__qualname__}')
+    if by_name is not None:
+        return by_name, ''
     for base in cls.__mro__[1:]:
         if base in QLAYERS:
             if cls.__module__.startswith(_SAFE_SUBCLASS_MODULES):
@@ -153,7 +156,8 @@ def _functional_calls(model: nn.Module, saved_tensors: bool) -> List[str]:
 
 def convert(model: nn.Module, config: Optional[CompressionConfig] = None, *,
             include: Optional[Filter] = None, exclude: Optional[Filter] = None,
-            saved_tensors: bool = True) -> ConversionReport:
+            saved_tensors: bool = True,
+            allocator: Optional[BitAllocator] = None) -> ConversionReport:
     """Swap supported modules of ``model`` to Q-layers in place; return a report.
 
     Args:
@@ -166,6 +170,9 @@ def convert(model: nn.Module, config: Optional[CompressionConfig] = None, *,
             removes matches.
         saved_tensors: also compress, through saved-tensor hooks around ``model``'s forward,
             every other activation autograd saves (functional calls, attention, ...).
+        allocator: the :class:`~actnn_mm.engine.BitAllocator` (same ``config``) the layers'
+            schemes register with; default: the model's own (made on first conversion, see
+            :func:`get_allocator`).
 
     Converting twice is a no-op; unsupported modules are reported, never an error. Q-layers
     built directly (e.g. from ``conv_cfg=dict(type='QConv2d')``) that have no config yet adopt
@@ -173,7 +180,8 @@ def convert(model: nn.Module, config: Optional[CompressionConfig] = None, *,
     """
     cfg = config if config is not None else get_default_config()
     level = str(getattr(cfg, 'level', '?'))
-    allocator = get_allocator(model)
+    if allocator is None:
+        allocator = get_allocator(model)
     if allocator is None or allocator.config is not cfg:
         allocator = BitAllocator(cfg)
     report = ConversionReport(level=level, saved_tensors=saved_tensors)

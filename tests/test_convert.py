@@ -251,3 +251,35 @@ def test_mmdet_head_functional_relu_is_reported() -> None:
     assert type(head.rpn_conv) is QConv2d
     cls, reg = head.forward_single(torch.randn(2, 8, 16, 16))
     (cls.sum() + reg.sum()).backward()
+
+
+def test_mmengine_reverted_sync_bn_converts_and_reverts() -> None:
+    """Without distribution mmengine turns SyncBN into its ``_BatchNormXd``: convert that too."""
+    pytest.importorskip('mmengine')
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.model.utils import _BatchNormXd
+    from actnn_mm.layers import QBatchNormXd
+    ref = nn.Sequential(nn.Conv2d(3, 8, 3), nn.SyncBatchNorm(8), nn.ReLU())
+    ref = revert_sync_batchnorm(ref)
+    assert type(ref[1]) is _BatchNormXd
+    model = copy.deepcopy(ref)
+    report = convert(model, L0)
+    assert type(model[1]) is QBatchNormXd and ('1', '_BatchNormXd', 'QBatchNormXd') in \
+        report.converted
+    x = torch.randn(2, 3, 10, 10)
+    ref(x).sum().backward()
+    model(x).sum().backward()
+    for (n, a), (_, b) in zip(ref.named_parameters(), model.named_parameters()):
+        assert torch.equal(a.grad, b.grad), n
+    assert convert(model, L0).num_converted == 0
+    revert(model)
+    assert type(model[1]) is _BatchNormXd
+
+
+def test_given_bit_allocator_is_used() -> None:
+    model = _resnet()
+    alloc = BitAllocator(L3)
+    convert(model, L3, allocator=alloc)
+    assert get_allocator(model) is alloc
+    model(_x()).sum().backward()
+    assert 'layer1.0.conv1' in alloc.layer_bits()

@@ -9,8 +9,8 @@ from .conv import (QConv1d, QConv2d, QConv3d, QConvTranspose1d, QConvTranspose2d
                    QConvTranspose3d)
 from .dropout import QDropout, QDropout2d
 from .linear import QLinear
-from .norm import (QBatchNorm1d, QBatchNorm2d, QBatchNorm3d, QGroupNorm, QLayerNorm,
-                   QSyncBatchNorm)
+from .norm import (QBatchNorm1d, QBatchNorm2d, QBatchNorm3d, QBatchNormXd, QGroupNorm,
+                   QLayerNorm, QSyncBatchNorm)
 from .pooling import QAvgPool2d, QMaxPool2d
 
 import torch.nn as _nn
@@ -40,14 +40,23 @@ QLAYERS = {
     _nn.Dropout2d: QDropout2d,
 }
 
-#: Q class -> its torch twin.
+#: Twins outside torch, by ``module.qualname`` (no import needed): converted like the above,
+#: their class remembered for ``revert``.
+QLAYERS_BY_NAME = {
+    'mmengine.model.utils._BatchNormXd': QBatchNormXd,  # what revert_sync_batchnorm builds
+}
+
+#: Q class -> its torch twin (for QBatchNormXd the torch base; revert restores mmengine's class).
 TWINS = {q: t for t, q in QLAYERS.items()}
+TWINS[QBatchNormXd] = _nn.modules.batchnorm._BatchNorm
 
 #: Normalisation Q-layers (kept exact where the level does not compress norms, e.g. L1).
-NORM_LAYERS = (QBatchNorm1d, QBatchNorm2d, QBatchNorm3d, QSyncBatchNorm, QLayerNorm, QGroupNorm)
+NORM_LAYERS = (QBatchNorm1d, QBatchNorm2d, QBatchNorm3d, QBatchNormXd, QSyncBatchNorm, QLayerNorm,
+               QGroupNorm)
 
 __all__ = ['QConv1d', 'QConv2d', 'QConv3d', 'QConvTranspose1d', 'QConvTranspose2d',
            'QConvTranspose3d', 'QLinear', 'QBatchNorm1d', 'QBatchNorm2d', 'QBatchNorm3d',
+           'QBatchNormXd', 'QLAYERS_BY_NAME',
            'QSyncBatchNorm', 'QLayerNorm', 'QGroupNorm', 'QReLU', 'QLeakyReLU', 'QGELU', 'QSiLU',
            'QMaxPool2d', 'QAvgPool2d', 'QDropout', 'QDropout2d', 'QLAYERS', 'TWINS',
            'NORM_LAYERS']

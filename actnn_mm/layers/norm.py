@@ -13,8 +13,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ._common import (AmpFunction, cast_for_autocast, compress_active, get_scheme, load_input,
                       save_input, suggest_memory_format)
 
-__all__ = ['QBatchNorm1d', 'QBatchNorm2d', 'QBatchNorm3d', 'QSyncBatchNorm', 'QLayerNorm',
-           'QGroupNorm', 'batch_norm_function']
+__all__ = ['QBatchNorm1d', 'QBatchNorm2d', 'QBatchNorm3d', 'QBatchNormXd', 'QSyncBatchNorm',
+           'QLayerNorm', 'QGroupNorm', 'batch_norm_function']
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,6 +99,14 @@ class QBatchNorm2d(_QBatchNormMixin, nn.BatchNorm2d, _BatchNorm):
 
 class QBatchNorm3d(_QBatchNormMixin, nn.BatchNorm3d, _BatchNorm):
     """:class:`torch.nn.BatchNorm3d` that saves its input compressed."""
+
+
+class QBatchNormXd(_QBatchNormMixin, _BatchNorm):
+    """Q twin of mmengine's ``_BatchNormXd`` (any input rank), which mmengine's
+    ``revert_sync_batchnorm`` builds in place of (Q)SyncBatchNorm when not distributed."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        return
 
 
 class _SyncBatchNormFunction(AmpFunction):
