@@ -213,6 +213,7 @@ def convert(model: nn.Module, config: Optional[CompressionConfig] = None, *,
                 not getattr(cfg, 'compress_norm', True):
             report.skipped.append((name, cls.__name__, f'level {level} keeps normalization '
                                    'exact'))
+            _st.keep_exact(module)  # and saved-tensor compression must not compress it either
             continue
         if cls is not TWINS[q_cls]:
             module.__dict__['_actnn_orig_class'] = cls

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from . import memory
 from .engine import CompressionConfig, LayerScheme, get_default_config
 
-__all__ = ['compress_saved_tensors', 'install', 'uninstall', 'installed', 'share',
+__all__ = ['compress_saved_tensors', 'install', 'uninstall', 'installed', 'keep_exact', 'share',
            'is_param_like', 'sample_view', 'Saved', 'EXACT']
 
 #: Cache value meaning "a layer keeps this tensor exact": later savers reuse it for free.
@@ -323,6 +323,10 @@ class compress_saved_tensors(ContextDecorator):
         return scheme
 
     def _pack(self, t: Tensor) -> Any:
+        if getattr(_EXACT, 'depth', 0) > 0:  # inside a module the level keeps exact (L1 norms)
+            if not is_param_like(t, self._local.storages):
+                memory.record(t)
+            return t
         if t.layout == torch.strided and t.is_floating_point() and _is_relu_own_save(t):
             from .engine import pack_mask
             mask = pack_mask(t != 0)  # != 0: NaN outputs pass the gradient, as in torch
@@ -400,6 +404,32 @@ class _ExitHook:
             self.enter_hook.ctx.exit()
 
 
+_EXACT = threading.local()
+
+
+class _ExactEnter:
+    """Forward pre-hook of a module whose saved tensors must stay exact."""
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        _EXACT.depth = getattr(_EXACT, 'depth', 0) + 1
+
+
+class _ExactExit:
+    """Forward hook (``always_call``) closing :class:`_ExactEnter`."""
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        _EXACT.depth = max(0, getattr(_EXACT, 'depth', 0) - 1)
+
+
+def keep_exact(module: nn.Module) -> None:
+    """Let saved-tensor compression leave alone what ``module``'s forward saves (e.g. the norm
+    layers a level keeps exact: L1). Idempotent; :func:`uninstall` removes it."""
+    if any(isinstance(h, _ExactEnter) for h in module._forward_pre_hooks.values()):
+        return
+    module.register_forward_pre_hook(_ExactEnter())
+    module.register_forward_hook(_ExactExit(), always_call=True)
+
+
 def install(module: nn.Module, config: Optional[CompressionConfig] = None,
             allocator: Optional[Any] = None) -> compress_saved_tensors:
     """Run ``module``'s forward inside :class:`compress_saved_tensors` (training + grad only).
@@ -419,10 +449,11 @@ def install(module: nn.Module, config: Optional[CompressionConfig] = None,
 
 
 def uninstall(module: nn.Module) -> bool:
-    """Undo :func:`install`; returns whether something was installed."""
+    """Undo :func:`install` and :func:`keep_exact`; returns whether something was installed."""
     found = False
+    ours = (_EnterHook, _ExitHook, _ExactEnter, _ExactExit)
     for hooks in (module._forward_pre_hooks, module._forward_hooks):
-        for hid in [k for k, h in hooks.items() if isinstance(h, (_EnterHook, _ExitHook))]:
+        for hid in [k for k, h in hooks.items() if isinstance(h, ours)]:
             del hooks[hid]
             getattr(module, '_forward_hooks_always_called', {}).pop(hid, None)
             found = True

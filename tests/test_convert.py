@@ -16,6 +16,7 @@ from actnn_mm import convert, get_allocator, revert
 from actnn_mm.convert import is_converted
 from actnn_mm.engine import BitAllocator, CompressionConfig
 from actnn_mm.layers import QLAYERS, TWINS, QBatchNorm2d, QConv2d, QLinear, QMaxPool2d, QReLU
+from actnn_mm.memory import measure_saved_bytes
 from actnn_mm.saved_tensors import installed
 
 L0 = CompressionConfig.from_level('L0')
@@ -134,6 +135,16 @@ def test_l1_leaves_norm_layers_exact() -> None:
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert reasons['BatchNorm2d: level L1 keeps normalization exact'] == n_bn
     assert 'keeps normalization exact' in str(report)
+    # The saved-tensor path leaves them exact too: each BN keeps what torch's BN keeps.
+    x = _x()
+    exact = measure_saved_bytes(_resnet(), x).by_module
+    kept = measure_saved_bytes(model, x).by_module
+    bns = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(kept[n] == exact[n] > 0 for n in bns)
+    # BN inputs are about half of what ResNet keeps; the rest is compressed (4 bits, masks).
+    assert sum(kept.values()) < 0.6 * sum(exact.values())
+    revert(model)
+    assert all(not m._forward_pre_hooks for m in model.modules())
 
 
 def test_include_and_exclude() -> None:
