@@ -32,6 +32,9 @@ class BitAllocator:
         self.steps = 0
         self.solves = 0
         self._schemes: List[weakref.ref] = []
+        # State loaded for schemes that did not exist yet (layers build theirs lazily, at their
+        # first forward; a resumed run loads the checkpoint before that): applied on register.
+        self._pending: Dict[str, dict] = {}
 
     def register(self, scheme: LayerScheme) -> LayerScheme:
         if not isinstance(scheme, LayerScheme):
@@ -39,6 +42,8 @@ class BitAllocator:
         if scheme.allocator is not self:
             scheme.allocator = self
             self._schemes.append(weakref.ref(scheme))
+            if scheme.name in self._pending:
+                _load_scheme_state(scheme, self._pending[scheme.name])
         return scheme
 
     def scheme(self, kind: str = 'conv', kernel_area: int = 1, groups: int = 1,
@@ -79,6 +84,7 @@ class BitAllocator:
         for s, b in zip(ready, bits):
             s.layer_bits = b
             s.reset_stats()
+        self._pending.clear()  # a solve supersedes any loaded state
         self.solves += 1
         return True
 
@@ -87,12 +93,35 @@ class BitAllocator:
         return {s.name: s.layer_bits for s in self.schemes}
 
     def state_dict(self) -> dict:
-        return {'steps': self.steps, 'solves': self.solves, 'layer_bits': self.layer_bits()}
+        """Steps, solves, each layer's bits and the statistics cached since the last solve
+        (host floats: one read per layer, at checkpoint time only)."""
+        return {'steps': self.steps, 'solves': self.solves, 'layer_bits': self.layer_bits(),
+                'stats': {s.name: _scheme_stats(s) for s in self.schemes if s.has_stats()}}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()``; schemes registered later (built at their layer's first
+        forward) get their state when they register, matched by name."""
         self.steps = int(state.get('steps', 0))
         self.solves = int(state.get('solves', 0))
-        bits = state.get('layer_bits', {})
+        stats = state.get('stats', {})
+        self._pending = {name: {'layer_bits': float(bits), **stats.get(name, {})}
+                         for name, bits in state.get('layer_bits', {}).items()}
         for s in self.schemes:
-            if s.name in bits:
-                s.layer_bits = float(bits[s.name])
+            if s.name in self._pending:
+                _load_scheme_state(s, self._pending[s.name])
+
+
+def _scheme_stats(scheme: LayerScheme) -> dict:
+    rsq, grad = scheme._rsq_acc, scheme._grad_acc
+    return {'rsq': None if rsq is None else float(rsq), 'rsq_count': scheme._rsq_count,
+            'grad': None if grad is None else float(grad), 'grad_count': scheme._grad_count}
+
+
+def _load_scheme_state(scheme: LayerScheme, state: dict) -> None:
+    scheme.layer_bits = float(state['layer_bits'])
+    if state.get('rsq') is None:
+        scheme.reset_stats()
+        return
+    as_tensor = lambda v: None if v is None else torch.tensor(v, dtype=torch.float32)  # noqa: E731
+    scheme._rsq_acc, scheme._rsq_count = as_tensor(state['rsq']), int(state['rsq_count'])
+    scheme._grad_acc, scheme._grad_count = as_tensor(state['grad']), int(state['grad_count'])
