@@ -72,8 +72,9 @@ class ActNNHook(Hook):
 
         opts = self.options
         for name, part in resolve_parts(model, opts.parts):
+            # The hook's allocator: it is the one stepped (and checkpointed) every iteration.
             report = convert(part, self.config, include=opts.include, exclude=opts.exclude,
-                             saved_tensors=opts.saved_tensors)
+                             saved_tensors=opts.saved_tensors, allocator=self.allocator)
             self.reports[name] = report
             if logger is not None:
                 logger.info(f'ActNN {self.config.level}: {name}: {report.num_converted} '
