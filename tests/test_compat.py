@@ -105,7 +105,7 @@ def test_numpy_is_below_2_so_mmcv_adjust_hue_works() -> None:
 
 def test_package_base_configs_resolve() -> None:
     """mmengine needs pkg_resources (setuptools < 82) to resolve `mmdet::` style bases."""
-    from conftest import load_package_config
+    from mm_configs import load_package_config
 
     assert importlib.util.find_spec('pkg_resources') is not None
     for base in ('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',

@@ -7,7 +7,7 @@ from typing import Dict
 
 import pytest
 import torch
-from conftest import load_package_config
+from mm_configs import load_package_config
 
 
 def _total_loss(losses: Dict[str, object]) -> torch.Tensor:
