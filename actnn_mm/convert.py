@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import re
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
@@ -35,6 +36,10 @@ Filter = Union[str, Type[nn.Module], Callable[[str, nn.Module], bool],
 #: Subclasses of torch layers known to compute exactly like their base (mmcv's wrappers only add
 #: empty-tensor handling for torch < 1.5): converted like the base, original class remembered.
 _SAFE_SUBCLASS_MODULES = ('mmcv.cnn.bricks.wrappers', )
+
+#: model -> the BitAllocator its conversion made (kept outside the module: not pickled).
+_MODEL_ALLOCATORS: 'weakref.WeakKeyDictionary[nn.Module, BitAllocator]' = \
+    weakref.WeakKeyDictionary()
 
 #: Modules that hold no activations worth reporting when left alone.
 _SILENT = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -223,7 +228,7 @@ def convert(model: nn.Module, config: Optional[CompressionConfig] = None, *,
         module.__dict__['actnn_allocator'] = allocator
         module.__dict__.pop('actnn_scheme', None)
         report.converted.append((name, cls.__name__, q_cls.__name__))
-    model.__dict__['actnn_allocator'] = allocator
+    _MODEL_ALLOCATORS[model] = allocator
     if saved_tensors:
         _st.install(model, cfg, allocator=allocator)
     report.functional = _functional_calls(model, saved_tensors)
@@ -244,14 +249,14 @@ def revert(model: nn.Module) -> int:
         for attr in ('actnn_config', 'actnn_scheme', 'actnn_name', 'actnn_allocator'):
             module.__dict__.pop(attr, None)
         n += 1
-    model.__dict__.pop('actnn_allocator', None)
+    _MODEL_ALLOCATORS.pop(model, None)
     return n
 
 
 def get_allocator(model: nn.Module) -> Optional[BitAllocator]:
     """The :class:`~actnn_mm.engine.BitAllocator` :func:`convert` made for ``model`` (call its
     ``step()`` once per iteration for cross-layer mixed precision), or None."""
-    return model.__dict__.get('actnn_allocator')
+    return _MODEL_ALLOCATORS.get(model)
 
 
 def is_converted(model: nn.Module) -> bool:

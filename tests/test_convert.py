@@ -254,8 +254,10 @@ def test_cuda_before_or_after_conversion(when: str) -> None:
 def test_mmdet_head_functional_relu_is_reported() -> None:
     pytest.importorskip('mmdet')
     from mmdet.models.dense_heads import RPNHead
-    head = RPNHead(in_channels=8, feat_channels=8, anchor_generator=dict(
-        type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0], strides=[4]))
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmdet'):  # its coder/anchors live in mmdet
+        head = RPNHead(in_channels=8, feat_channels=8, anchor_generator=dict(
+            type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0], strides=[4]))
     report = convert(head, L3)
     assert 'functional relu in RPNHead.forward_single: covered by saved-tensor compression' in \
         report.functional
@@ -294,3 +296,19 @@ def test_given_bit_allocator_is_used() -> None:
     assert get_allocator(model) is alloc
     model(_x()).sum().backward()
     assert 'layer1.0.conv1' in alloc.layer_bits()
+
+
+def test_trained_converted_model_pickles_and_deep_copies() -> None:
+    model = _resnet()
+    convert(model, L3)
+    model(_x()).sum().backward()  # schemes and allocator state now exist
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    again = torch.load(buf, weights_only=False)
+    twin = copy.deepcopy(model)
+    for m in (again, twin):
+        assert type(m.layer1[0].conv1) is QConv2d
+        assert 'actnn_scheme' not in vars(m.layer1[0].conv1)
+        m(_x()).sum().backward()
+    assert get_allocator(model).layer_bits()

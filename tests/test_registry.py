@@ -88,10 +88,13 @@ def test_conv_module_builds_under_a_downstream_scope() -> None:
 def test_mmdet_resnet_with_q_layers_from_config() -> None:
     pytest.importorskip('mmdet')
     from mmdet.models.backbones import ResNet
+    from mmengine.registry import DefaultScope
     torch.manual_seed(0)
-    model = ResNet(50, conv_cfg=dict(type='QConv2d'), norm_cfg=dict(type='QBN', requires_grad=True),
-                   norm_eval=True, frozen_stages=1, out_indices=(0, 1, 2, 3))
-    plain = ResNet(50, norm_eval=True, frozen_stages=1, out_indices=(0, 1, 2, 3))
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model = ResNet(50, conv_cfg=dict(type='QConv2d'),
+                       norm_cfg=dict(type='QBN', requires_grad=True), norm_eval=True,
+                       frozen_stages=1, out_indices=(0, 1, 2, 3))
+        plain = ResNet(50, norm_eval=True, frozen_stages=1, out_indices=(0, 1, 2, 3))
     assert list(model.state_dict()) == list(plain.state_dict())  # pretrained keys match
     assert model.norm1_name == 'bn1' and type(model.layer1[0].bn1) is L.QBatchNorm2d
     assert type(model.layer1[0].conv2) is L.QConv2d
@@ -114,14 +117,18 @@ def test_mmdet_resnet_with_q_layers_from_config() -> None:
 
 def test_mmpretrain_and_mmseg_backbones_with_q_norms() -> None:
     mmpretrain = pytest.importorskip('mmpretrain')  # noqa: F841
+    from mmengine.registry import DefaultScope
     from mmpretrain.models import ResNet as PResNet
-    model = PResNet(18, norm_cfg=dict(type='QBN', requires_grad=True),
-                    conv_cfg=dict(type='QConv2d'))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = PResNet(18, norm_cfg=dict(type='QBN', requires_grad=True),
+                        conv_cfg=dict(type='QConv2d'))
     assert model.norm1_name == 'bn1' and type(model.bn1) is L.QBatchNorm2d
     pytest.importorskip('mmseg')
+    from mmengine.registry import DefaultScope
     from mmseg.models.decode_heads import FCNHead
-    head = FCNHead(in_channels=16, channels=8, num_classes=3,
-                   norm_cfg=dict(type='QBN', requires_grad=True), act_cfg=dict(type='QReLU'))
+    with DefaultScope.overwrite_default_scope('mmseg'):  # its loss lives in mmseg
+        head = FCNHead(in_channels=16, channels=8, num_classes=3,
+                       norm_cfg=dict(type='QBN', requires_grad=True), act_cfg=dict(type='QReLU'))
     assert type(head.convs[0].bn) is L.QBatchNorm2d and type(head.convs[0].activate) is L.QReLU
     out = head([torch.randn(2, 16, 8, 8)])
     out.sum().backward()

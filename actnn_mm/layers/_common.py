@@ -21,6 +21,17 @@ __all__ = ['AmpFunction', 'compress_active', 'get_scheme', 'pack_activation', 's
 #: Attributes a Q-layer may carry besides its twin's: plain attributes, never parameters or
 #: buffers, so ``state_dict``, ``named_buffers`` order and optimizer state are untouched.
 QATTRS = ('actnn_config', 'actnn_scheme', 'actnn_name', 'actnn_allocator', '_actnn_orig_class')
+#: Of those, the run-time state: not pickled nor deep-copied (the engine's scheme and allocator
+#: hold device statistics and weak references); a copy builds fresh ones on its first forward.
+RUNTIME_ATTRS = ('actnn_scheme', 'actnn_allocator')
+
+
+def q_getstate(self: nn.Module) -> Dict[str, Any]:
+    """``__getstate__`` of the Q-layers: the twin's state without :data:`RUNTIME_ATTRS`."""
+    state = dict(nn.Module.__getstate__(self))
+    for attr in RUNTIME_ATTRS:
+        state.pop(attr, None)
+    return state
 
 
 def compress_active(module: nn.Module, *tensors: Optional[Tensor]) -> bool:
