@@ -147,7 +147,8 @@ _CACHE = _ShareCache()
 _RELU_DONE = _ShareCache()
 
 
-def share(x: Tensor, scheme: Any, exact: Optional[bool] = None, owner: Any = None) -> Any:
+def share(x: Tensor, scheme: Any, exact: Optional[bool] = None, owner: Any = None,
+          regroup: bool = False) -> Any:
     """Keep ``x`` for backward once, however many savers of the same graph ask for it.
 
     Returns ``x`` (keep it exact: ``save_for_backward`` it) or a :class:`Saved` (``.unpack()`` in
@@ -165,12 +166,13 @@ def share(x: Tensor, scheme: Any, exact: Optional[bool] = None, owner: Any = Non
         return x
     if hit is not None:
         return hit
-    packed = scheme.compress(x)
-    if packed is x:
+    view = sample_view(x) if regroup else x
+    packed = scheme.compress(view)
+    if packed is view:
         if owner is not None:
             _CACHE.put(x, EXACT, holder=owner)
         return x
-    saved = Saved(packed, scheme)
+    saved = Saved(packed, scheme, None if view is x else x.shape)
     _CACHE.put(x, holder=saved)
     return saved
 

@@ -19,7 +19,8 @@ class _LinearFunction(AmpFunction):
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Optional[Tensor],
                 scheme: Any) -> Tensor:
         out = torch.nn.functional.linear(x, weight, bias)
-        save_input(ctx, x, scheme, needed=ctx.needs_input_grad[1])
+        # (N, C) inputs with small C (flattened tokens): regrouped rather than padded per row.
+        save_input(ctx, x, scheme, needed=ctx.needs_input_grad[1], regroup=True)
         ctx.save_for_backward(ctx.x_exact, weight)
         ctx.x_exact = None
         ctx.has_bias = bias is not None

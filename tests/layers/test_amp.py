@@ -71,11 +71,12 @@ def _check(make: Callable, shape: Tuple, policy: str, device: str, dtype: torch.
     y.float().sum().backward()
 
 
-@pytest.mark.parametrize('input_dtype', [torch.float32, torch.bfloat16], ids=['fp32-in', 'bf16-in'])
+@pytest.mark.parametrize('low_input', [False, True], ids=['fp32-in', 'low-in'])
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
 @pytest.mark.parametrize('name,make,shape,policy', LAYERS, ids=IDS)
-def test_cpu_autocast_bf16(name: str, make: Callable, shape: Tuple, policy: str,
-                           input_dtype: torch.dtype) -> None:
-    _check(make, shape, policy, 'cpu', torch.bfloat16, input_dtype)
+def test_cpu_autocast(name: str, make: Callable, shape: Tuple, policy: str, dtype: torch.dtype,
+                      low_input: bool) -> None:
+    _check(make, shape, policy, 'cpu', dtype, dtype if low_input else torch.float32)
 
 
 @pytest.mark.cuda
