@@ -7,7 +7,7 @@
 #   ACTNN_MM_VENV      where the virtual env lives           (default: <repo>/.venv)
 #   ACTNN_MM_CACHE     cache outside the repo for built wheels (default: ~/.cache/actnn_mm)
 #   ACTNN_MM_PYTHON    interpreter for a new venv            (default: python3.11, else python3)
-#   ACTNN_MM_WITH_CUDA build the CUDA kernels of actnn_mm too (default: 0 here; 1 on GPU machines)
+#   ACTNN_MM_WITH_CUDA build the CUDA kernels of actnn_mm (and mmcv's CUDA ops) too (default: 0)
 #
 # mmcv 2.1.0 is the newest mmcv that mmdet 3.3 / mmseg 1.2 accept and PyPI has only its source.
 # It does not build against torch 2.14 as published: its setup.py imports pkg_resources (needs
@@ -77,7 +77,8 @@ MMCV_REQ="$(grep -E '^mmcv==' "$ROOT/requirements/mmcv.txt")"
 MMCV_VER="${MMCV_REQ#mmcv==}"
 TORCH_VER="$("$PYV" -c 'import torch; print(torch.__version__.split("+")[0])')"
 PY_TAG="$("$PYV" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
-MMCV_CUDA="${MMCV_WITH_CUDA:-0}"
+# mmcv gets CUDA ops when our kernels do (a GPU machine), unless MMCV_WITH_CUDA says otherwise.
+MMCV_CUDA="${MMCV_WITH_CUDA:-${ACTNN_MM_WITH_CUDA:-0}}"
 KEY="mmcv-${MMCV_VER}_torch-${TORCH_VER}_${PY_TAG}_$([[ $MMCV_CUDA == 1 ]] && echo cuda || echo cpu)"
 WHEEL_DIR="$CACHE/wheels/$KEY"
 if "$PYV" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VER'" >/dev/null 2>&1; then
