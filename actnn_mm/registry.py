@@ -13,9 +13,7 @@ so parameter names and pretrained checkpoints match.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, List, Optional, Union
-
-from torch import nn
+from typing import Any, Dict, List, Optional
 
 from . import layers as L
 

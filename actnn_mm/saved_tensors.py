@@ -30,7 +30,7 @@ from __future__ import annotations
 import threading
 import weakref
 from contextlib import ContextDecorator
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import torch
 from torch import Tensor, nn

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import io
-from typing import List
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -123,7 +121,8 @@ def test_converting_twice_is_a_noop_and_revert_restores() -> None:
     assert [type(m) for m in model.modules()] == types
     assert not is_converted(model)
     assert not model._forward_pre_hooks and not model._forward_hooks
-    assert all(not any(k.startswith(('actnn_', '_actnn')) for k in vars(m)) for m in model.modules())
+    assert all(not any(k.startswith(('actnn_', '_actnn')) for k in vars(m))
+               for m in model.modules())
     model(_x()).sum().backward()
 
 
@@ -301,7 +300,8 @@ def test_given_bit_allocator_is_used() -> None:
 def test_trained_converted_model_pickles_and_deep_copies() -> None:
     model = _resnet()
     convert(model, L3)
-    model(_x()).sum().backward()  # schemes and allocator state now exist
+    x = torch.randn(2, 3, 32, 32)
+    model(x).sum().backward()  # schemes and allocator state now exist
     buf = io.BytesIO()
     torch.save(model, buf)
     buf.seek(0)
@@ -310,5 +310,5 @@ def test_trained_converted_model_pickles_and_deep_copies() -> None:
     for m in (again, twin):
         assert type(m.layer1[0].conv1) is QConv2d
         assert 'actnn_scheme' not in vars(m.layer1[0].conv1)
-        m(_x()).sum().backward()
+        m(x).sum().backward()
     assert get_allocator(model).layer_bits()

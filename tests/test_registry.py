@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import actnn_mm  # noqa: F401  (registers)
 from actnn_mm import layers as L

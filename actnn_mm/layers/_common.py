@@ -212,7 +212,8 @@ class AmpFunction:
 
 def suggest_memory_format(x: Tensor) -> torch.memory_format:
     """Python twin of ATen's ``suggest_memory_format`` for dense tensors."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if x.dim() == 4 and not x.is_contiguous() and \
+            x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     if x.dim() == 5 and not x.is_contiguous() and \
             x.is_contiguous(memory_format=torch.channels_last_3d):
