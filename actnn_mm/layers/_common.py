@@ -43,6 +43,11 @@ def compress_active(module: nn.Module, *tensors: Optional[Tensor]) -> bool:
     return any(t is not None and t.requires_grad for t in tensors)
 
 
+def inplace_on_leaf(module: nn.Module, x: Tensor) -> bool:
+    """An in-place layer fed a leaf that requires grad: the twin raises torch's own error."""
+    return bool(getattr(module, 'inplace', False)) and x.is_leaf and x.requires_grad
+
+
 def module_config(module: nn.Module) -> CompressionConfig:
     """The module's own config (set by :func:`actnn_mm.convert`), else the process default."""
     cfg = module.__dict__.get('actnn_config')

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from .. import memory
 from ..engine import pack_mask, unpack_mask
-from ._common import AmpFunction, compress_active, get_scheme, load_input, save_input
+from ._common import (AmpFunction, compress_active, get_scheme, inplace_on_leaf, load_input,
+                      save_input)
 
 __all__ = ['QReLU', 'QLeakyReLU', 'QGELU', 'QSiLU']
 
@@ -62,7 +63,7 @@ class QReLU(nn.ReLU):
     """:class:`torch.nn.ReLU` keeping a 1-bit mask; ``inplace=True`` stays in place."""
 
     def forward(self, input: Tensor) -> Tensor:
-        if not compress_active(self, input):
+        if not compress_active(self, input) or inplace_on_leaf(self, input):
             return super().forward(input)
         return _ReLUFunction.apply(input, self.inplace)
 
@@ -71,7 +72,7 @@ class QLeakyReLU(nn.LeakyReLU):
     """:class:`torch.nn.LeakyReLU` keeping a 1-bit mask; ``inplace=True`` stays in place."""
 
     def forward(self, input: Tensor) -> Tensor:
-        if not compress_active(self, input):
+        if not compress_active(self, input) or inplace_on_leaf(self, input):
             return super().forward(input)
         return _LeakyReLUFunction.apply(input, float(self.negative_slope), self.inplace)
 
@@ -138,6 +139,7 @@ class QSiLU(nn.SiLU):
     """:class:`torch.nn.SiLU` that saves its input compressed (``inplace=True`` supported)."""
 
     def forward(self, input: Tensor) -> Tensor:
-        if not input.is_floating_point() or not compress_active(self, input):
+        if not input.is_floating_point() or not compress_active(self, input) or \
+                inplace_on_leaf(self, input):
             return super().forward(input)
         return _SiLUFunction.apply(input, self.inplace, get_scheme(self, 'generic'))

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .. import memory
 from ..engine import pack_mask, unpack_mask
-from ._common import AmpFunction, compress_active
+from ._common import AmpFunction, compress_active, inplace_on_leaf
 
 __all__ = ['QDropout', 'QDropout2d']
 
@@ -55,7 +55,8 @@ class QDropout(nn.Dropout):
     """:class:`torch.nn.Dropout` keeping a 1-bit mask."""
 
     def forward(self, input: Tensor) -> Tensor:
-        if not 0 < self.p < 1 or input.numel() == 0 or not compress_active(self, input):
+        if not 0 < self.p < 1 or input.numel() == 0 or not compress_active(self, input) or \
+                inplace_on_leaf(self, input):
             return super().forward(input)
         return _DropoutFunction.apply(input, float(self.p), self.inplace, False)
 
@@ -65,6 +66,6 @@ class QDropout2d(nn.Dropout2d):
 
     def forward(self, input: Tensor) -> Tensor:
         if input.dim() != 4 or not 0 < self.p < 1 or input.numel() == 0 or \
-                not compress_active(self, input):
+                not compress_active(self, input) or inplace_on_leaf(self, input):
             return super().forward(input)
         return _DropoutFunction.apply(input, float(self.p), self.inplace, True)

@@ -132,6 +132,10 @@ BAD_INPUTS = [
     (nn.GroupNorm(2, 4), (4, )),
     (nn.MaxPool2d(2), (2, 4, 5, 5, 5)),
     (nn.AvgPool2d(2), (5, )),
+    (nn.ReLU(inplace=True), (2, 4)),  # in place on a leaf that requires grad
+    (nn.LeakyReLU(0.1, inplace=True), (2, 4)),
+    (nn.SiLU(inplace=True), (2, 4)),
+    (nn.Dropout(0.5, inplace=True), (2, 4)),
 ]
 
 
@@ -149,6 +153,12 @@ def test_bad_input_raises_the_twins_error(twin: nn.Module, shape: Tuple[int, ...
 
 
 def _ctor_args(m: nn.Module) -> Tuple:
+    if isinstance(m, (nn.ReLU, nn.SiLU)):
+        return (m.inplace, )
+    if isinstance(m, nn.LeakyReLU):
+        return (m.negative_slope, m.inplace)
+    if isinstance(m, nn.Dropout):
+        return (m.p, m.inplace)
     if isinstance(m, nn.modules.conv._ConvNd):
         return (m.in_channels, m.out_channels, m.kernel_size)
     if isinstance(m, nn.Linear):
