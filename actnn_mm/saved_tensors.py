@@ -11,6 +11,9 @@ same engine and config as the Q-layers, except
   saved by several ops is compressed once (a per-tensor cache keyed by storage, geometry and
   version, whose entries die with the tensor).
 
+Only tensors that require grad are compressed: what autograd saves without grad is data that
+ops may need exact (an input image, RoI boxes for RoIAlign, sampling grids, masks, noise).
+
 A ReLU (``F.relu``, ``torch.relu_``, an unconverted ``nn.ReLU``) saves its output only to test
 ``output <= 0`` in backward: its own save becomes an exact 1-bit mask (quantizing it would flip
 small positives to zero and bias the gradient); later savers of that output compress it as usual.
@@ -191,15 +194,15 @@ def param_storages(modules: Optional[List[nn.Module]]) -> Set[int]:
 def is_param_like(t: Tensor, storages: Optional[Set[int]] = None) -> bool:
     """Whether ``t`` is a parameter or buffer, or a view/cast of a parameter (autocast copies).
 
-    With ``storages`` (the model's parameter and buffer storages) a leaf is a parameter only if
-    it is a ``Parameter`` or lives in one of them; without, any leaf requiring grad counts.
+    Parameters are ``nn.Parameter`` objects or live in ``storages`` (the model's parameter and
+    buffer storages: frozen weights and buffers too); other leaves (inputs) are data.
     """
     if isinstance(t, nn.Parameter):
         return True
     if storages and _storage_ptr(t) in storages:
         return True
     if t.is_leaf:
-        return t.requires_grad and not storages
+        return False
     fn, depth = t.grad_fn, 0
     while fn is not None and depth < 8:
         name = type(fn).__name__
@@ -305,8 +308,11 @@ class compress_saved_tensors(ContextDecorator):
     # -- hooks --------------------------------------------------------------------------------
     def _eligible(self, t: Tensor) -> bool:
         local = self._local
-        return (t.layout == torch.strided and t.is_floating_point() and t.device.type != 'meta'
-                and t.numel() >= local.min_numel and not is_param_like(t, local.storages))
+        # Only differentiable activations: a saved tensor that does not require grad is data
+        # (an input image, RoI boxes, sampling grids, masks, noise) that ops may need exact.
+        return (t.requires_grad and t.layout == torch.strided and t.is_floating_point()
+                and t.device.type != 'meta' and t.numel() >= local.min_numel
+                and not is_param_like(t, local.storages))
 
     def _scheme(self) -> LayerScheme:
         """One scheme per saving site (the n-th tensor saved in this forward), per config."""

@@ -27,7 +27,7 @@ def test_counts_each_storage_once_per_module_without_parameters() -> None:
 
 
 def test_views_of_one_storage_count_once() -> None:
-    w = torch.randn(64, 64, requires_grad=True)
+    w = nn.Parameter(torch.randn(64, 64))
     base = torch.randn(4, 64, requires_grad=True) * 1
     with SavedBytesCounter() as counter:
         y = (base[:2] @ w).sum() + (base[2:] @ w).sum()  # two views of one storage

@@ -40,7 +40,7 @@ def _objects(counter: SavedBytesCounter, kind: type) -> List:
 
 def test_functional_model_keeps_fewer_bytes() -> None:
     model = FunctionalNet()
-    x = torch.randn(8, 16, 32)
+    x = torch.randn(8, 16, 32, requires_grad=True)  # as inner layers see it: with grad
     exact = measure_saved_bytes(model, x)
     ctx = compress_saved_tensors(L3)
 
@@ -56,7 +56,7 @@ def test_functional_model_gradients_unbiased() -> None:
     """ReLU keeps an exact mask and linear layers' weight grads are linear in what is saved."""
     torch.manual_seed(0)
     model = FunctionalNet()
-    x = torch.randn(8, 16, 32)
+    x = torch.randn(8, 16, 32, requires_grad=True)  # an input with grad: an activation
     g = torch.randn(8, 16, 16)
     model(x).backward(g)
     exact = [p.grad.clone() for p in (model.w1, model.w2)]
@@ -79,28 +79,30 @@ def test_functional_model_gradients_unbiased() -> None:
 
 def test_what_is_and_is_not_compressed() -> None:
     model = FunctionalNet()
-    x = torch.randn(8, 16, 32)
-    tiny = torch.randn(4, 4, requires_grad=True)
+    x = torch.randn(8, 16, 32, requires_grad=True)
+    tiny = torch.randn(4, 4, requires_grad=True)  # an input with grad, but tiny
     index = torch.randint(0, 16, (300, ))
+    boxes = torch.rand(64, 64)  # data without grad (RoI boxes, grids...): left exact
     with SavedBytesCounter(model, keep_objects=True) as counter:
         with compress_saved_tensors(L3, modules=[model]):
             y = model(x)
             y = y + (tiny @ tiny).sum()  # tiny: kept exact
             y = y.index_select(2, index)  # int64 index: left alone
+            y = y + (y.sum() * boxes).sum()  # saves `boxes` (no grad): left alone
     # x (saved by the first linear), relu output (saved by the second): compressed; the ReLU's
     # own save: a 1-bit mask; weights and the buffer: never.
     assert len(_objects(counter, CompressedTensor)) == 2
     assert len(_objects(counter, PackedMask)) == 1
     kinds = counter.by_kind
-    assert kinds['exact'] == tiny.numel() * 4 + index.numel() * 8
+    assert kinds['exact'] == tiny.numel() * 4 + index.numel() * 8 + boxes.numel() * 4
     y.sum().backward()
     assert model.w1.grad is not None
 
 
 def test_tensor_saved_by_several_ops_compressed_once() -> None:
-    a = torch.randn(16, 16, requires_grad=True)
-    b = torch.randn(16, 16, requires_grad=True)
-    x = torch.randn(4, 64, 16, requires_grad=True) * 1  # an activation (non-leaf)
+    a = nn.Parameter(torch.randn(16, 16))
+    b = nn.Parameter(torch.randn(16, 16))
+    x = torch.randn(4, 64, 16, requires_grad=True) * 1
     with SavedBytesCounter(keep_objects=True) as counter:
         with compress_saved_tensors(L3):
             y = (x @ a).sum() + (x @ b).sum() + (x * 3).exp().sum()
@@ -111,7 +113,7 @@ def test_tensor_saved_by_several_ops_compressed_once() -> None:
 def test_q_layer_copy_is_reused_not_compressed_twice() -> None:
     conv = QConv2d(8, 8, 3)
     conv.actnn_config = L3
-    w = torch.randn(8, 8, 3, 3, requires_grad=True)
+    w = nn.Parameter(torch.randn(8, 8, 3, 3))
     x = torch.randn(2, 8, 12, 12)
     with SavedBytesCounter(conv, keep_objects=True) as counter:
         with compress_saved_tensors(L3):
@@ -179,3 +181,38 @@ def test_swin_backbone_trains_with_compressed_activations(with_qlayers: bool) ->
     g = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     assert g.shape == g_ref.shape and torch.isfinite(g).all()
     assert F.cosine_similarity(g, g_ref, dim=0) > 0.95
+
+
+def test_whole_faster_rcnn_trains_converted() -> None:
+    """Backbone, neck and heads converted: RoIAlign's boxes (saved without grad) stay exact."""
+    mmdet = pytest.importorskip('mmdet')
+    import os.path as osp
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    from mmdet.registry import MODELS
+    from mmdet.testing import demo_mm_inputs
+    cfg = Config.fromfile(osp.join(osp.dirname(mmdet.__file__),
+                                   '.mim/configs/faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'))
+    m = cfg.model  # the paper's detector, made small enough for a CPU unit test
+    m.backbone.update(depth=18, init_cfg=None)
+    m.neck.in_channels = [64, 128, 256, 512]
+    m.train_cfg.rpn_proposal.update(nms_pre=200, max_per_img=100)
+    m.train_cfg.rcnn.sampler.num = 64
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        torch.manual_seed(0)
+        model = MODELS.build(cfg.model)
+        exact_model = copy.deepcopy(model)
+        convert(model, CompressionConfig.from_level('L3'))
+        data = model.data_preprocessor(
+            demo_mm_inputs(2, [[3, 64, 64]] * 2, num_items=[3, 1]), True)
+
+        def loss_of(m: nn.Module) -> torch.Tensor:
+            losses = m(**data, mode='loss')
+            return sum(sum(v) if isinstance(v, list) else v for k, v in losses.items()
+                       if 'loss' in k)
+
+        exact = measure_saved_bytes(exact_model, forward=lambda m: loss_of(m))
+        kept = measure_saved_bytes(model, forward=lambda m: loss_of(m))
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert model.roi_head.bbox_head.fc_cls.weight.grad is not None
+    assert exact.total / kept.total > 8
