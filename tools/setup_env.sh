@@ -112,12 +112,12 @@ else
     log "reusing cached mmcv wheel $(ls "$WHEEL_DIR")"
   fi
   "${PIP[@]}" install -q --no-deps "$WHEEL_DIR"/mmcv-*.whl
-  "${PIP[@]}" install -q addict packaging Pillow pyyaml yapf
 fi
 
 # --- 4. the rest of the stack and actnn_mm ------------------------------------------------
 log "installing the pinned OpenMMLab stack"
-"${PIP[@]}" install -q -r "$ROOT/requirements/stack.txt"
+# mmcv's own requirements come along here, with mmengine, so pip sees them all at once.
+"${PIP[@]}" install -q -r "$ROOT/requirements/stack.txt" addict packaging Pillow pyyaml yapf
 log "building actnn_mm (CPU kernels$([[ ${ACTNN_MM_WITH_CUDA:-0} == 1 ]] && echo ' + CUDA'))"
 build_ext
 "$PYV" -c 'import mmcv.ops, mmdet, mmseg, mmpretrain, actnn_mm; print("stack ok: mmcv", mmcv.__version__)'
