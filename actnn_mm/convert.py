@@ -33,9 +33,10 @@ __all__ = ['convert', 'revert', 'is_converted', 'get_allocator', 'q_modules', 'C
 Filter = Union[str, Type[nn.Module], Callable[[str, nn.Module], bool],
                Sequence[Union[str, Type[nn.Module], Callable[[str, nn.Module], bool]]]]
 
-#: Subclasses of torch layers known to compute exactly like their base (mmcv's wrappers only add
-#: empty-tensor handling for torch < 1.5): converted like the base, original class remembered.
-_SAFE_SUBCLASS_MODULES = ('mmcv.cnn.bricks.wrappers', )
+#: Subclasses of torch layers known to compute exactly like their base, converted like the base
+#: (original class remembered for revert): mmcv's wrappers (empty-tensor handling for torch < 1.5
+#: only) and mmengine's SyncBatchNorm, what mmcv builds for ``SyncBN`` (a parrots-only check).
+_SAFE_SUBCLASS_MODULES = ('mmcv.cnn.bricks.wrappers', 'mmengine.utils.dl_utils.parrots_wrapper')
 
 #: model -> the BitAllocator its conversion made (kept outside the module: not pickled).
 _MODEL_ALLOCATORS: 'weakref.WeakKeyDictionary[nn.Module, BitAllocator]' = \

@@ -312,3 +312,18 @@ def test_trained_converted_model_pickles_and_deep_copies() -> None:
         assert 'actnn_scheme' not in vars(m.layer1[0].conv1)
         m(x).sum().backward()
     assert get_allocator(model).layer_bits()
+
+
+def test_mmcv_syncbn_converts_and_reverts() -> None:
+    """mmseg configs use ``SyncBN``: mmcv builds mmengine's SyncBatchNorm subclass."""
+    mmcv_cnn = pytest.importorskip('mmcv.cnn')
+    from actnn_mm.layers import QSyncBatchNorm
+    _, norm = mmcv_cnn.build_norm_layer(dict(type='SyncBN'), 8)
+    orig = type(norm)
+    assert orig is not nn.SyncBatchNorm and issubclass(orig, nn.SyncBatchNorm)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), norm)
+    convert(model, L3)
+    assert type(model[1]) is QSyncBatchNorm
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    revert(model)
+    assert type(model[1]) is orig
