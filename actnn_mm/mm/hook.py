@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
+import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
@@ -59,6 +60,7 @@ class ActNNHook(Hook):
         self.reports: Dict[str, Any] = {}
         self._stats = IterationStats()
         self._model: Optional[nn.Module] = None
+        self._resume_rng: Optional[tuple] = None  # (iteration, state) loaded by a resume
 
     # -- conversion -------------------------------------------------------------------------
     def before_run(self, runner) -> None:
@@ -118,15 +120,49 @@ class ActNNHook(Hook):
     def after_run(self, runner) -> None:
         self._stats.stop()
 
-    # -- checkpoints: the allocator's state travels with --resume ----------------------------
+    # -- checkpoints: the allocator's state and torch's RNG travel with --resume -------------
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint.setdefault('meta', {})['actnn'] = dict(
-            level=self.config.level, allocator=self.allocator.state_dict())
+            level=self.config.level, allocator=self.allocator.state_dict(), rng=rng_state())
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get('meta', {}).get('actnn')
         if state:
             self.allocator.load_state_dict(state.get('allocator', {}))
+            self._resume_rng = (checkpoint['meta'].get('iter'), state.get('rng'))
+
+    def before_train(self, runner) -> None:
+        """After a resume, continue torch's random stream where the checkpoint left it.
+
+        mmengine re-seeds but does not restore RNG states, so RPN/RoI sampling and ActNN's
+        stochastic rounding would draw different numbers than an uninterrupted run. Done here,
+        not at load: ``load_from`` (fine-tuning, iteration 0) also loads checkpoints and must
+        keep the run's own seed. The data pipeline (numpy/random) needs nothing: the loop replays
+        the skipped batches, which redraws their numbers.
+        """
+        pending, self._resume_rng = getattr(self, '_resume_rng', None), None
+        if pending is None:
+            return
+        saved_iter, rng = pending
+        if rng and saved_iter and runner.iter == saved_iter:
+            set_rng_state(rng)
+            runner.logger.info(f'ActNN: restored torch RNG state of iteration {saved_iter}')
+
+
+def rng_state() -> Dict[str, Any]:
+    """torch's CPU generator state and, where CUDA is initialised, every device's."""
+    state: Dict[str, Any] = {'torch': torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state` (states may come back on a device: map_location)."""
+    torch.set_rng_state(state['torch'].cpu())
+    cuda = state.get('cuda')
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
 def schemes_of(modules: Iterable[nn.Module]) -> List[LayerScheme]:
@@ -146,4 +182,4 @@ def schemes_of(modules: Iterable[nn.Module]) -> List[LayerScheme]:
     return list(found.values())
 
 
-__all__ = ['ActNNHook', 'schemes_of', 'LEVELS']
+__all__ = ['ActNNHook', 'schemes_of', 'rng_state', 'set_rng_state', 'LEVELS']
