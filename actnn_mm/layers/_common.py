@@ -14,9 +14,9 @@ from torch import Tensor, nn
 from .. import memory, saved_tensors
 from ..engine import CompressionConfig, LayerScheme, get_default_config
 
-__all__ = ['AmpFunction', 'compress_active', 'get_scheme', 'pack_activation', 'save_input',
-           'load_input',
-           'unpack_activation', 'autocast_dtype', 'cast_for_autocast', 'suggest_memory_format']
+__all__ = ['AmpFunction', 'compress_active', 'inplace_on_leaf', 'get_scheme', 'save_input',
+           'load_input', 'pack_activation', 'unpack_activation', 'autocast_dtype',
+           'cast_for_autocast', 'suggest_memory_format', 'q_getstate']
 
 #: Attributes a Q-layer may carry besides its twin's: plain attributes, never parameters or
 #: buffers, so ``state_dict``, ``named_buffers`` order and optimizer state are untouched.
