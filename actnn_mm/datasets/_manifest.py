@@ -60,3 +60,18 @@ def write_manifest(root: str, kind: str, params: Dict, files: List[str]) -> None
                files=sorted(files))
     with open(os.path.join(root, MANIFEST), 'w') as f:
         json.dump(man, f, indent=1)
+
+
+def prepare_root(root: str, kind: str, params: Dict, owned_dirs: Iterable[str],
+                 force: bool) -> bool:
+    """Make ``root`` ready for a new ``kind`` data set; False when one with ``params`` is there.
+
+    Refuses (``FileExistsError``) to write over data that actnn_mm did not make, unless ``force``.
+    """
+    if not force and is_complete(root, kind, params):
+        return False
+    if not force and has_foreign_data(root, owned_dirs):
+        raise FileExistsError(f'{root} already holds a dataset that actnn_mm did not make; '
+                              'refusing to write into it (use --force to do so anyway)')
+    clear_previous(root, owned_dirs)
+    return True

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from . import _draw
-from ._manifest import clear_previous, has_foreign_data, is_complete, write_manifest
+from ._manifest import prepare_root, write_manifest
 
 CLASSES = ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light',
            'traffic sign', 'vegetation', 'terrain', 'sky', 'person', 'rider', 'car', 'truck',
@@ -137,12 +137,8 @@ def make_cityscapes(root: str, num_train: int = 16, num_val: int = 4,
                     force: bool = False) -> bool:
     """Write ``root/leftImg8bit`` and ``root/gtFine`` (train and val); False if already done."""
     params = dict(num_train=num_train, num_val=num_val, img_size=list(img_size), seed=seed)
-    if not force and is_complete(root, 'cityscapes', params):
+    if not prepare_root(root, 'cityscapes', params, OWNED, force):
         return False
-    if not force and has_foreign_data(root, OWNED):
-        raise FileExistsError(f'{root} already holds a dataset that actnn_mm did not make; '
-                              'refusing to write into it (use --force to do so anyway)')
-    clear_previous(root, OWNED)
     height, width = img_size
     files = _make_split(root, 'train', num_train, height, width, seed)
     files += _make_split(root, 'val', num_val, height, width, seed)

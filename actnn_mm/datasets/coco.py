@@ -13,7 +13,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from . import _draw
-from ._manifest import clear_previous, has_foreign_data, is_complete, write_manifest
+from ._manifest import prepare_root, write_manifest
 
 #: (COCO id, COCO name, supercategory, shape, RGB colour)
 CATEGORIES: Tuple[Tuple[int, str, str, str, _draw.Colour], ...] = (
@@ -89,12 +89,8 @@ def make_coco(root: str, num_train: int = 64, num_val: int = 16,
     Returns False when a complete dataset with the same parameters was already there.
     """
     params = dict(num_train=num_train, num_val=num_val, img_size=list(img_size), seed=seed)
-    if not force and is_complete(root, 'coco', params):
+    if not prepare_root(root, 'coco', params, OWNED, force):
         return False
-    if not force and has_foreign_data(root, OWNED):
-        raise FileExistsError(f'{root} already holds a dataset that actnn_mm did not make; '
-                              'refusing to write into it (use --force to do so anyway)')
-    clear_previous(root, OWNED)
     height, width = img_size
     files = _make_split(root, 'train', num_train, height, width, seed, 0)
     files += _make_split(root, 'val', num_val, height, width, seed, 100000)

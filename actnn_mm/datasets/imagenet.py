@@ -14,7 +14,7 @@ from typing import List, Tuple
 import numpy as np
 
 from . import _draw
-from ._manifest import clear_previous, has_foreign_data, is_complete, write_manifest
+from ._manifest import prepare_root, write_manifest
 
 #: (wnid, shape, RGB colour); the position is the label, equal to ImageNet-1k's class index
 CLASSES: Tuple[Tuple[str, str, _draw.Colour], ...] = (
@@ -74,12 +74,8 @@ def make_imagenet(root: str, num_train: int = 80, num_val: int = 20,
         raise ValueError(f'num_classes must be in [1, {len(CLASSES)}], got {num_classes}')
     params = dict(num_train=num_train, num_val=num_val, img_size=list(img_size), seed=seed,
                   num_classes=num_classes)
-    if not force and is_complete(root, 'imagenet', params):
+    if not prepare_root(root, 'imagenet', params, OWNED, force):
         return False
-    if not force and has_foreign_data(root, OWNED):
-        raise FileExistsError(f'{root} already holds a dataset that actnn_mm did not make; '
-                              'refusing to write into it (use --force to do so anyway)')
-    clear_previous(root, OWNED)
     height, width = img_size
     files = _make_split(root, 'train', num_train, num_classes, height, width, seed)
     files += _make_split(root, 'val', num_val, num_classes, height, width, seed)
