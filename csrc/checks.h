@@ -66,6 +66,23 @@ inline int64_t uniform_payload_bytes(const Layout& l, int64_t bits) {
   return l.N * l.Gs * (l.G / 8) * bits;
 }
 
+// Every check of quantize's arguments, shared by the CPU and CUDA kernels; returns the layout.
+inline Layout check_quantize_args(const at::Tensor& x, int64_t num_samples, int64_t group_size,
+                                  int64_t bits, const std::optional<at::Tensor>& sample_bits,
+                                  const std::optional<at::Tensor>& sample_offsets,
+                                  int64_t payload_bytes) {
+  check_float_input(x, "quantize");
+  const Layout l = make_layout(x.numel(), num_samples, group_size, "quantize");
+  check_sample_bits(sample_bits, sample_offsets, bits, l, x.device(), "quantize");
+  if (!sample_bits.has_value()) {
+    TORCH_CHECK(payload_bytes == uniform_payload_bytes(l, bits), "actnn_mm.quantize: ",
+                "payload_bytes must be ", uniform_payload_bytes(l, bits), " for ", bits,
+                " bits, got ", payload_bytes);
+  }
+  TORCH_CHECK(payload_bytes >= 0, "actnn_mm.quantize: payload_bytes must be >= 0");
+  return l;
+}
+
 inline void check_payload(const at::Tensor& payload, const at::Tensor& meta, const Layout& l,
                           const std::optional<at::Tensor>& sample_bits, int64_t bits,
                           const char* op) {

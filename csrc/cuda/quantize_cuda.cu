@@ -394,15 +394,8 @@ std::tuple<at::Tensor, at::Tensor> quantize_cuda(const at::Tensor& x, int64_t nu
                                                  int64_t payload_bytes, bool stochastic,
                                                  int64_t seed, int64_t offset, bool use_generator,
                                                  std::optional<at::Generator> generator) {
-  check_float_input(x, "quantize");
-  const Layout l = make_layout(x.numel(), num_samples, group_size, "quantize");
-  check_sample_bits(sample_bits, sample_offsets, bits, l, x.device(), "quantize");
-  if (!sample_bits.has_value()) {
-    TORCH_CHECK(payload_bytes == uniform_payload_bytes(l, bits), "actnn_mm.quantize: ",
-                "payload_bytes must be ", uniform_payload_bytes(l, bits), " for ", bits,
-                " bits, got ", payload_bytes);
-  }
-  TORCH_CHECK(payload_bytes >= 0, "actnn_mm.quantize: payload_bytes must be >= 0");
+  const Layout l = check_quantize_args(x, num_samples, group_size, bits, sample_bits,
+                                       sample_offsets, payload_bytes);
   const c10::cuda::CUDAGuard guard(x.device());
   auto payload = at::empty({payload_bytes}, x.options().dtype(at::kByte));
   auto meta = at::empty({l.groups() * 2}, x.options().dtype(at::kFloat));
