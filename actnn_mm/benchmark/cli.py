@@ -16,7 +16,7 @@ import torch
 
 from .measure import MB, ConfigResult, run_config
 from .methods import DEFAULT_METHODS, parse_method
-from .report import format_table, plot, write_json
+from .report import fmt_rate, format_table, plot, write_json
 from .search import ERROR, FITS, OOM, TIMEOUT, Trial, search_max_batch
 from .workloads import WORKLOADS, default_batch, default_image_size
 
@@ -122,7 +122,7 @@ def _progress_line(i: int, n: int, r: ConfigResult) -> str:
         if r.peak_mb is not None:
             parts.append(f'peak {r.peak_mb:.0f} MB')
         if r.images_per_s is not None:
-            parts.append(f'{r.images_per_s:.1f} img/s')
+            parts.append(f'{fmt_rate(r.images_per_s)} img/s')
         if r.avg_bits is not None:
             parts.append(f'{r.avg_bits:.2f} bits')
     elif r.error:
@@ -177,7 +177,7 @@ def _probe(args: argparse.Namespace, method: str, log) -> Any:
         trial.seconds = round(time.perf_counter() - t0, 2)
         extra = ''
         if trial.images_per_s:
-            extra += f' {trial.images_per_s:.1f} img/s'
+            extra += f' {fmt_rate(trial.images_per_s)} img/s'
         if trial.peak_mb:
             extra += f' peak {trial.peak_mb:.0f} MB'
         if trial.detail and trial.outcome != FITS:

@@ -2,7 +2,8 @@
 
 Activation memory is measured as the ActNN paper did, on CUDA: ``torch.cuda.memory_allocated``
 just before backward minus just before forward, minus the bytes of the outputs and the loss.
-Peak is ``torch.cuda.max_memory_allocated`` since this configuration started (stats reset).
+Peak is ``torch.cuda.max_memory_allocated`` over the iterations after warm-up (stats reset then,
+so cudnn.benchmark's algorithm search in the first iteration does not count).
 nvidia-smi is never used: it shows the caching allocator's reserve, not what training needs.
 On CPU there is no allocator to ask, so the figure is the bytes autograd keeps for backward,
 counted by :class:`actnn_mm.memory.SavedBytesCounter` (also reported on CUDA as a cross-check).
@@ -162,6 +163,8 @@ def _run(res: ConfigResult, method: Method, model: str, batch: int, image_size: 
     cuda = device.type == 'cuda'
     wl = build_workload(model, batch, image_size, device)
     alloc = apply_method(method, wl)
+    if method.bf16:
+        wl.prepare_autocast()
     res.note = wl.checkpoint_note
     params = [p for p in wl.model.parameters() if p.requires_grad]
     res.model_state_mb = round(3 * sum(p.numel() * p.element_size() for p in params) / MB, 2)
@@ -186,6 +189,10 @@ def _run(res: ConfigResult, method: Method, model: str, batch: int, image_size: 
 
     for _ in range(warmup):
         step()
+    if cuda and warmup:
+        # Steady-state peak: cudnn.benchmark's first-iteration algorithm search is left out.
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
     if measure_memory and cuda:
         opt.zero_grad(set_to_none=True)
         before = _settled_allocated(device)
@@ -217,5 +224,5 @@ def _run(res: ConfigResult, method: Method, model: str, batch: int, image_size: 
         times.append(time.perf_counter() - t0)
     if times:
         res.iter_s = [round(t, 5) for t in times]
-        res.images_per_s = round(batch / statistics.median(times), 2)
+        res.images_per_s = float(f'{batch / statistics.median(times):.4g}')
     res.avg_bits = _avg_bits(alloc)

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .methods import parse_method
 
-__all__ = ['format_table', 'write_json', 'plot', 'ratio', 'max_batch_text', 'find']
+__all__ = ['format_table', 'write_json', 'plot', 'ratio', 'max_batch_text', 'find', 'fmt_rate']
 
 
 def find(results: List[Dict[str, Any]], method: str, batch: Optional[int] = None
@@ -45,6 +45,13 @@ def _fmt(v: Optional[float], spec: str, suffix: str = '') -> str:
     return '-' if v is None else f'{v:{spec}}{suffix}'
 
 
+def fmt_rate(v: Optional[float]) -> str:
+    """Images/s: one decimal on GPUs, three significant digits for slow (CPU) rates."""
+    if v is None:
+        return '-'
+    return f'{v:.1f}' if v >= 10 else f'{v:.3g}'
+
+
 def format_table(data: Dict[str, Any]) -> str:
     """The summary table of a run (one row per method and batch)."""
     results: List[Dict[str, Any]] = data['results']
@@ -65,7 +72,7 @@ def format_table(data: Dict[str, Any]) -> str:
         xb = ratio(s and s.get('largest'), bs and bs.get('largest'))
         row = [r['method'], str(r['batch']), _fmt(r.get('saved_mb_per_sample'), '.2f'),
                _fmt(smaller, '.1f', 'x'), _fmt(r.get('peak_mb'), '.0f'),
-               _fmt(r.get('images_per_s'), '.1f'), _fmt(speed, '.2f', 'x'), max_batch_text(s),
+               fmt_rate(r.get('images_per_s')), _fmt(speed, '.2f', 'x'), max_batch_text(s),
                _fmt(xb, '.1f', 'x'), _fmt(r.get('avg_bits'), '.2f'),
                r['status'] if r['status'] != 'error' else 'error: ' + r.get('error', '')[:60]]
         if cuda:
@@ -140,6 +147,8 @@ def plot(data: Dict[str, Any], path: str) -> None:
                     label=None if marked_oom else 'out of memory')
             marked_oom = True
     ax.set_xscale('log', base=2)
+    from matplotlib.ticker import FuncFormatter
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
     ax.set_xlabel('batch size')
     ax.set_ylabel('throughput (images/s)')
     dev = meta.get('device_name', meta.get('device', ''))

@@ -60,6 +60,25 @@ class _CheckpointBlock(nn.Module):
         return checkpoint(self.block, x, use_reentrant=False)
 
 
+def _to_float(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.float() if obj.dtype in (torch.float16, torch.bfloat16) else obj
+    if type(obj) in (list, tuple):  # exact types: configs and data samples pass unchanged
+        return type(obj)(_to_float(o) for o in obj)
+    if type(obj) is dict:
+        return {k: _to_float(v) for k, v in obj.items()}
+    return obj
+
+
+def _fp32_island(fn: Any, device_type: str) -> Any:
+    """``fn`` run with autocast off on fp32 copies of its half-precision tensor arguments (what
+    mmdet 2.x's ``force_fp32`` did for ops that have no half kernels)."""
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type, enabled=False):
+            return fn(*_to_float(args), **_to_float(kwargs))
+    return wrapped
+
+
 class Workload:
     """One model, its fixed input batch and its loss."""
 
@@ -82,6 +101,10 @@ class Workload:
 
     def apply_checkpoint(self, segments: int) -> None:
         raise NotImplementedError
+
+    def prepare_autocast(self) -> None:
+        """Called before training under bf16 autocast (e.g. to keep ops without bf16 kernels
+        in fp32)."""
 
     def describe(self) -> str:
         return self.name
@@ -182,6 +205,15 @@ class FasterRCNNWorkload(Workload):
 
     def actnn_parts(self) -> List[nn.Module]:
         return [getattr(self.model, p) for p in self.PARTS]
+
+    def prepare_autocast(self) -> None:
+        """mmcv 2.1's nms and RoIAlign have no bf16 kernels: proposal post-processing and RoI
+        feature extraction run in fp32, as mmdet 2.x's ``force_fp32`` arranged."""
+        dev = self.device.type
+        head = self.model.rpn_head
+        head.predict_by_feat = _fp32_island(head.predict_by_feat, dev)
+        extractor = self.model.roi_head.bbox_roi_extractor
+        extractor.forward = _fp32_island(extractor.forward, dev)
 
     def apply_checkpoint(self, segments: int) -> None:
         """Every backbone bottleneck checkpointed (what mmdet's ``with_cp`` does), non-reentrant;
