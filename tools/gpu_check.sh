@@ -231,10 +231,11 @@ if [[ "$DEVTYPE" == cuda ]]; then
   BARGS=(--device cuda --batch 128 --iters 10 --warmup 3 --max-batch-search 16384
          --search-memory-gb "$SEARCH_GB" --search-tolerance 0.1)
 else
-  # Emulated 0.295 GiB cap: ResNet-50's state (weights, grads, momentum) is 0.286 GiB, so
-  # exact runs out near batch 5 at 32x32 and L3 reaches the cap of 16.
-  BARGS=(--device cpu --batch 2 --image-size 32 --iters 1 --warmup 1 --max-batch-search 16
-         --search-memory-gb 0.295 --search-tolerance 0.5 --search-iters 0)
+  # 64x64, batch 4 (smaller leaves BatchNorm too few values per channel for 2-bit noise).
+  # Emulated 0.33 GiB cap: ResNet-50's state (weights, grads, momentum) is 0.286 GiB, so exact
+  # (6.75 MB/sample) runs out near batch 7 and L3 (0.6 MB/sample) reaches the cap of 16.
+  BARGS=(--device cpu --batch 4 --image-size 64 --iters 1 --warmup 1 --max-batch-search 16
+         --search-memory-gb 0.33 --search-tolerance 0.5 --search-iters 0)
   METHODS="${METHODS:-exact ckpt L2 L3 exact-bf16 L3-bf16}"
   SEARCH_TIME="${GPU_CHECK_SEARCH_TIME:-120}"
 fi

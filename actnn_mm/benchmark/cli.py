@@ -125,6 +125,8 @@ def _progress_line(i: int, n: int, r: ConfigResult) -> str:
             parts.append(f'{fmt_rate(r.images_per_s)} img/s')
         if r.avg_bits is not None:
             parts.append(f'{r.avg_bits:.2f} bits')
+        if r.loss_finite is False:
+            parts.append('LOSS NOT FINITE')
     elif r.error:
         parts.append(r.error[:200])
     return '  '.join(parts) + f'  ({r.seconds:.1f} s)'

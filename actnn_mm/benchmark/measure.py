@@ -51,6 +51,8 @@ class ConfigResult:
     images_per_s: Optional[float] = None
     iter_s: List[float] = field(default_factory=list)
     avg_bits: Optional[float] = None    # ActNN: average bits per compressed element
+    last_loss: Optional[float] = None
+    loss_finite: Optional[bool] = None  # every iteration's loss finite (read once, at the end)
     model_state_mb: Optional[float] = None  # parameters x 3 (weights, grads, momentum)
     note: str = ''
     seconds: float = 0.0
@@ -176,7 +178,10 @@ def _run(res: ConfigResult, method: Method, model: str, batch: int, image_size: 
         with amp if method.bf16 else contextlib.nullcontext():
             return wl.forward()
 
+    losses: List[Tensor] = []
+
     def finish(loss: Tensor) -> None:
+        losses.append(loss.detach())
         loss.backward()
         opt.step()
         if alloc is not None:
@@ -226,3 +231,7 @@ def _run(res: ConfigResult, method: Method, model: str, batch: int, image_size: 
         res.iter_s = [round(t, 5) for t in times]
         res.images_per_s = float(f'{batch / statistics.median(times):.4g}')
     res.avg_bits = _avg_bits(alloc)
+    if losses:
+        vals = torch.stack([v.float().reshape(()) for v in losses]).cpu()
+        res.loss_finite = bool(torch.isfinite(vals).all())
+        res.last_loss = round(float(vals[-1]), 5)

@@ -52,6 +52,14 @@ def fmt_rate(v: Optional[float]) -> str:
     return f'{v:.1f}' if v >= 10 else f'{v:.3g}'
 
 
+def _status(r: Dict[str, Any]) -> str:
+    if r['status'] == 'error':
+        return 'error: ' + r.get('error', '')[:60]
+    if r['status'] == 'ok' and r.get('loss_finite') is False:
+        return 'ok, loss not finite'
+    return r['status']
+
+
 def format_table(data: Dict[str, Any]) -> str:
     """The summary table of a run (one row per method and batch)."""
     results: List[Dict[str, Any]] = data['results']
@@ -74,7 +82,7 @@ def format_table(data: Dict[str, Any]) -> str:
                _fmt(smaller, '.1f', 'x'), _fmt(r.get('peak_mb'), '.0f'),
                fmt_rate(r.get('images_per_s')), _fmt(speed, '.2f', 'x'), max_batch_text(s),
                _fmt(xb, '.1f', 'x'), _fmt(r.get('avg_bits'), '.2f'),
-               r['status'] if r['status'] != 'error' else 'error: ' + r.get('error', '')[:60]]
+               _status(r)]
         if cuda:
             row.insert(3, _fmt(r.get('counted_mb_per_sample'), '.2f'))
         rows.append(row)
@@ -129,9 +137,9 @@ def plot(data: Dict[str, Any], path: str) -> None:
 
     meta = data.get('meta', {})
     methods: List[str] = []
-    for r in data['results']:
-        if r['method'] not in methods:
-            methods.append(r['method'])
+    for name in [r['method'] for r in data['results']] + list(data.get('search', {})):
+        if name not in methods:
+            methods.append(name)
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     marked_oom = False
     for method in methods:

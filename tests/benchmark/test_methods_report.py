@@ -55,7 +55,8 @@ def _data() -> Dict[str, Any]:
                      image_size=[224]),
         'results': [_record('exact', 128, 80.0, 2000.0), _record('L3', 128, 8.0, 1500.0),
                     _record('exact-bf16', 128, 40.0, 2200.0), _record('L3-bf16', 128, 5.0, 0),
-                    _record('L5', 128, 0, 0, status='oom')],
+                    _record('L5', 128, 0, 0, status='oom'),
+                    dict(_record('L2', 128, 12.0, 1800.0), loss_finite=False)],
         'search': {'exact': dict(largest=200, first_oom=210, exact=True, stopped='bracketed',
                                  trials=trials([128], [256, 210])),
                    'L3': dict(largest=2048, first_oom=None, exact=False, stopped='time',
@@ -76,6 +77,7 @@ def test_table_ratios_against_the_baseline_of_the_same_precision() -> None:
     assert rows['L3'][col['x batch']] == '10.2x'
     assert rows['exact'][col['max batch']] == '200'
     assert rows['L5'][col['status']] == 'oom' and rows['L5'][col['x smaller']] == '-'
+    assert rows['L2'][col['status']] == 'ok, loss not finite'
 
 
 def test_max_batch_text() -> None:
