@@ -28,7 +28,10 @@ class IterationStats:
         self._counter = SavedBytesCounter(parts[0] if len(parts) == 1 else nn.ModuleList(parts))
         self._reports: List[SavedBytesReport] = []
         for part in parts:
-            self._handles.append(part.register_forward_pre_hook(self._enter))
+            # Prepended: the counter's saved-tensor hooks must sit *below* the part's
+            # compression context (torch applies only the innermost pair); entered after it,
+            # they would shadow it and the logged iteration would keep its activations exact.
+            self._handles.append(part.register_forward_pre_hook(self._enter, prepend=True))
             self._handles.append(part.register_forward_hook(self._exit, always_call=True))
 
     def _enter(self, module: nn.Module, args) -> None:
