@@ -236,6 +236,26 @@ def test_bit_allocator_collects_the_schemes() -> None:
     assert min(bits) >= 1 and max(bits) <= 8
 
 
+@pytest.mark.parametrize('when', ['before', 'after'])
+def test_module_moves_before_or_after_conversion_keep_the_optimizer_valid(when: str) -> None:
+    """CPU stand-in for ``.cuda()``: ``Module._apply`` (here a bf16 cast) swaps every tensor
+    in place of the same Parameter objects, before or after conversion alike."""
+    model = _resnet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    if when == 'before':
+        model.to(torch.bfloat16)
+    convert(model, L3)
+    if when == 'after':
+        model.to(torch.bfloat16)
+    assert {id(p) for g in opt.param_groups for p in g['params']} == \
+        {id(p) for p in model.parameters()}
+    before = [p.detach().clone() for p in model.parameters()]
+    model(_x().to(torch.bfloat16)).float().sum().backward()
+    opt.step()
+    assert all(p.dtype == torch.bfloat16 and p.grad is not None for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), before))
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 @pytest.mark.parametrize('when', ['before', 'after'])
