@@ -79,10 +79,21 @@ class BitAllocator:
             sens = [t.cpu() for t in sens]
         values = torch.stack(sens).cpu().tolist()
         cfg = self.config
-        bits = allocate_layers(values, [s.features for s in ready], [s.samples for s in ready],
-                               float(cfg.bits), cfg.min_bits, cfg.max_bits)
-        for s, b in zip(ready, bits):
-            s.layer_bits = b
+        # Sensitivities are comparable only within one kind of estimate: with the layer's
+        # gradient scale (conv/linear that saw a backward) or without it (norm layers, generic
+        # saved tensors, layers with no gradient yet), which differ by orders of magnitude.
+        # One pool would starve the first kind to min_bits; each pool keeps the average bits.
+        pools: Dict[bool, List[int]] = {}
+        for i, s in enumerate(ready):
+            pools.setdefault(s.kind != 'norm' and s._grad_count > 0, []).append(i)
+        for members in pools.values():
+            bits = allocate_layers([values[i] for i in members],
+                                   [ready[i].features for i in members],
+                                   [ready[i].samples for i in members],
+                                   float(cfg.bits), cfg.min_bits, cfg.max_bits)
+            for i, b in zip(members, bits):
+                ready[i].layer_bits = b
+        for s in ready:
             s.reset_stats()
         self._pending.clear()  # a solve supersedes any loaded state
         self.solves += 1
