@@ -1,11 +1,20 @@
 """Project-wide pytest set-up: GPU tests are skipped visibly where no CUDA device exists."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    # The 300-iteration exact-vs-L3 parity run takes ~25 min on 2 cores: opt in, visibly skipped.
+    if os.environ.get('ACTNN_MM_CONVERGENCE', '0') != '1':
+        skip_parity = pytest.mark.skip(reason='convergence parity run (~25 min): set '
+                                       'ACTNN_MM_CONVERGENCE=1 to run it (issue 5)')
+        for item in items:
+            if item.nodeid.startswith('tests/e2e/test_convergence.py'):
+                item.add_marker(skip_parity)
     if torch.cuda.is_available():
         return
     skip_cuda = pytest.mark.skip(reason='needs a CUDA GPU (none visible)')
