@@ -51,7 +51,8 @@ def train(cfg: Config) -> Runner:
 
 def actnn_hook(runner: Runner) -> Any:
     hooks = [h for h in runner.hooks if type(h).__name__ == 'ActNNHook']
-    assert len(hooks) == 1, f'expected one ActNNHook, got {[type(h).__name__ for h in runner.hooks]}'
+    names = [type(h).__name__ for h in runner.hooks]
+    assert len(hooks) == 1, f'expected one ActNNHook, got {names}'
     return hooks[0]
 
 

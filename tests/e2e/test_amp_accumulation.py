@@ -135,8 +135,8 @@ def assert_converted(model: nn.Module) -> None:
 def assert_within_quantization_noise(exact: torch.Tensor, noisy: List[torch.Tensor],
                                      other_batch: Optional[torch.Tensor] = None) -> None:
     """ActNN's updates are unbiased estimates of the exact one (2-bit noise is large per step,
-    about the size of the update at this batch size): averaging K independent draws shrinks the error
-    ~1/sqrt(K), which a bias would not; parameters are millions of coordinates, so norms
+    about the size of the update at this batch size): averaging K independent draws shrinks the
+    error ~1/sqrt(K), which a bias would not; parameters are millions of coordinates, so norms
     concentrate. ``other_batch``: the exact update of another mini-batch, i.e. the noise SGD
     already lives with; the quantization noise must be smaller."""
     errs = sorted(float((d - exact).norm() / exact.norm()) for d in noisy)
