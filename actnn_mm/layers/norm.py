@@ -10,6 +10,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from . import _sync_bn_cpu
 from ._common import (AmpFunction, cast_for_autocast, compress_active, get_scheme, load_input,
                       save_input, suggest_memory_format)
 
@@ -109,13 +110,23 @@ class QBatchNormXd(_QBatchNormMixin, _BatchNorm):
         return
 
 
+def _sync_ops(x: Tensor) -> Any:
+    """Where the ``batch_norm_*`` ops of synchronised BN live for ``x``'s device: torch has them
+    for GPUs only, :mod:`._sync_bn_cpu` has the same formulas for CPU tensors."""
+    return _sync_bn_cpu if x.device.type == 'cpu' else torch
+
+
 class _SyncBatchNormFunction(AmpFunction):
-    """torch's SyncBatchNorm Function (public ``torch.batch_norm_*`` ops), input compressed."""
+    """torch's SyncBatchNorm Function (public ``torch.batch_norm_*`` ops), input compressed.
+
+    ``scheme=None``: nothing is saved (no backward will run: e.g. MoCo's key encoder under
+    ``no_grad``, which on CPU has no torch twin to fall back to)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                 running_mean: Optional[Tensor], running_var: Optional[Tensor], eps: float,
                 momentum: float, process_group: Any, world_size: int, scheme: Any) -> Tensor:
+        ops = _sync_ops(x)
         if not (x.is_contiguous(memory_format=torch.channels_last)
                 or x.is_contiguous(memory_format=torch.channels_last_3d)):
             x = x.contiguous()
@@ -123,12 +134,13 @@ class _SyncBatchNormFunction(AmpFunction):
             weight = weight.contiguous()
         num_channels = x.shape[1]
         if x.numel() > 0:
-            mean, invstd = torch.batch_norm_stats(x, eps)
+            mean, invstd = ops.batch_norm_stats(x, eps)
             count = torch.full((1, ), x.numel() // x.size(1), dtype=mean.dtype,
                                device=mean.device)
             combined = torch.cat([mean, invstd, count], dim=0)
         else:
-            combined = torch.zeros(2 * num_channels + 1, dtype=x.dtype, device=x.device)
+            acc = torch.float64 if x.dtype == torch.float64 else torch.float32  # stats' dtype
+            combined = torch.zeros(2 * num_channels + 1, dtype=acc, device=x.device)
         gathered = [torch.empty_like(combined) for _ in range(world_size)]
         dist.all_gather(gathered, combined, process_group, async_op=False)
         mean_all, invstd_all, count_all = torch.split(torch.stack(gathered, 0), num_channels,
@@ -138,15 +150,16 @@ class _SyncBatchNormFunction(AmpFunction):
         counts = count_all.view(-1)
         if running_mean is not None and counts.dtype != running_mean.dtype:
             counts = counts.to(running_mean.dtype)
-        mean, invstd = torch.batch_norm_gather_stats_with_counts(
+        mean, invstd = ops.batch_norm_gather_stats_with_counts(
             x, mean_all, invstd_all, running_mean, running_var, momentum, eps, counts)
-        save_input(ctx, x, scheme)
-        ctx.save_for_backward(ctx.x_exact, weight, mean, invstd, count_all.to(torch.int32))
-        ctx.x_exact = None
+        if scheme is not None:
+            save_input(ctx, x, scheme)
+            ctx.save_for_backward(ctx.x_exact, weight, mean, invstd, count_all.to(torch.int32))
+            ctx.x_exact = None
         ctx.process_group = process_group
         ctx.x_shape = x.shape
         if x.numel() > 0:
-            return torch.batch_norm_elemt(x, weight, bias, mean, invstd, eps)
+            return ops.batch_norm_elemt(x, weight, bias, mean, invstd, eps)
         return torch.empty_like(x)
 
     @staticmethod
@@ -155,12 +168,13 @@ class _SyncBatchNormFunction(AmpFunction):
                 or grad_out.is_contiguous(memory_format=torch.channels_last_3d)):
             grad_out = grad_out.contiguous()
         x_exact, weight, mean, invstd, count = ctx.saved_tensors
+        ops = _sync_ops(grad_out)
         gx = gw = gb = None
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         if math.prod(ctx.x_shape) > 0:
             x = load_input(ctx, x_exact)
             ctx.scheme.observe_grad(grad_out)
-            sum_dy, sum_dy_xmu, gw, gb = torch.batch_norm_backward_reduce(
+            sum_dy, sum_dy_xmu, gw, gb = ops.batch_norm_backward_reduce(
                 grad_out, x, mean, invstd, weight, need_x, need_w, need_b)
             if need_x:
                 c = sum_dy.shape[0]
@@ -169,7 +183,7 @@ class _SyncBatchNormFunction(AmpFunction):
                 sum_dy, sum_dy_xmu = torch.split(combined, c)
                 w = weight.to(mean.dtype) if weight is not None and \
                     weight.dtype != mean.dtype else weight
-                gx = torch.batch_norm_backward_elemt(grad_out, x, mean, invstd, w, sum_dy,
+                gx = ops.batch_norm_backward_elemt(grad_out, x, mean, invstd, w, sum_dy,
                                                      sum_dy_xmu, count)
             if weight is None or not need_w:
                 gw = None
@@ -183,29 +197,42 @@ class _SyncBatchNormFunction(AmpFunction):
 
 
 class QSyncBatchNorm(_QBatchNormMixin, nn.SyncBatchNorm, _BatchNorm):
-    """:class:`torch.nn.SyncBatchNorm` that saves its input compressed (synced or not)."""
+    """:class:`torch.nn.SyncBatchNorm` that saves its input compressed (synced or not).
+
+    Unlike its twin it also synchronises CPU tensors (gloo), with :mod:`._sync_bn_cpu`: torch
+    has no CPU kernels for synchronised batch norm, and CPU DDP with SyncBN is what CI can run."""
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
-        if not compress_active(self, input, self.weight, self.bias) or \
-                not self._q_supported(input):
-            return nn.SyncBatchNorm.forward(self, input)
+        active = compress_active(self, input, self.weight, self.bias)
         world_size, group = 1, None
-        if dist.is_available() and dist.is_initialized():
-            if input.device.type not in ('cuda', 'hpu', 'xpu',
+        if self._needs_sync():
+            if input.device.type not in ('cpu', 'cuda', 'hpu', 'xpu',
                                          torch._C._get_privateuse1_backend_name()):
                 return nn.SyncBatchNorm.forward(self, input)  # twin raises its error
             group = self.process_group or dist.group.WORLD
             world_size = dist.get_world_size(group)
-        if world_size <= 1:
-            return self._q_forward(input)
+        if world_size <= 1:  # the twin's own fallback: plain batch norm
+            if active and self._q_supported(input):
+                return self._q_forward(input)
+            return _BatchNorm.forward(self, input)
+        if not active and input.device.type != 'cpu':
+            return nn.SyncBatchNorm.forward(self, input)
         eaf = self._momentum()
         running_mean = self.running_mean if self.track_running_stats else None
         running_var = self.running_var if self.track_running_stats else None
         return _SyncBatchNormFunction.apply(input, self.weight, self.bias, running_mean,
                                             running_var, self.eps, eaf, group, world_size,
-                                            get_scheme(self, 'norm'))
+                                            get_scheme(self, 'norm') if active else None)
+
+    def _needs_sync(self) -> bool:
+        """The twin's ``need_sync``: training statistics, inside an initialised process group.
+
+        On CPU, where torch's SyncBatchNorm refuses the input, the statistics are synchronised
+        with :mod:`._sync_bn_cpu` (gloo)."""
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        return bn_training and self.training and dist.is_available() and dist.is_initialized()
 
 
 # ---------------------------------------------------------------------------------------------
