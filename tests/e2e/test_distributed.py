@@ -3,11 +3,11 @@
 - ``tools/dist_train.sh`` with 2 CPU processes (gloo, CPU DDP) trains the demo Faster R-CNN with
   ActNN on; a test-only hook (``e2e_qcheck_hook``, loaded by ``custom_imports``) checks inside
   each process, after every iteration, that every backbone BN is a Q-layer that compressed.
-- ``QSyncBatchNorm`` across 2 processes equals ``nn.SyncBatchNorm`` and plain BN over the
-  concatenated global batch. That test needs CUDA: torch's SyncBatchNorm (and its
-  ``batch_norm_stats``/``batch_norm_gather_stats_with_counts`` kernels, which QSyncBatchNorm
-  uses) exists for GPU tensors only, and QSyncBatchNorm keeps its twin's refusal of CPU input in a
-  process group (tests/layers/test_sync_bn.py). Two ranks share one GPU over gloo.
+- ``QSyncBatchNorm`` across 2 CPU processes (gloo) gives the output, running statistics and
+  gradients of plain BN over the concatenated global batch, i.e. what SyncBatchNorm computes; on a
+  GPU (marked ``cuda``) also equal to torch's ``nn.SyncBatchNorm`` itself. (A CPU *training run*
+  with ``sync_bn='torch'`` is not possible: torch's DDP refuses any SyncBatchNorm module on CPU,
+  "SyncBatchNorm layers only work with GPU modules", before ActNN is involved.)
 """
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ def test_dist_train_sh_two_cpu_processes_keep_compressing_q_norms(demo_cwd: str,
 
 # --- QSyncBatchNorm across processes ----------------------------------------------------------
 C, N_PER_RANK, WORLD = 8, 3, 2
+L3_DRAWS = 16
 
 
 def _inputs(rank: int, device: str) -> torch.Tensor:
@@ -84,59 +85,79 @@ def _run_bn(bn: nn.Module, x: torch.Tensor, gy: torch.Tensor) -> Dict[str, torch
                 mean=bn.running_mean.clone(), var=bn.running_var.clone())
 
 
-def _sync_bn_worker(rank: int, init: str, backend: str, out_dir: str) -> None:
+def _sync_bn_worker(rank: int, init: str, backend: str, device_type: str, out_dir: str) -> None:
     from actnn_mm.engine import CompressionConfig
     from actnn_mm.layers import QSyncBatchNorm
 
     dist.init_process_group(backend, init_method=init, rank=rank, world_size=WORLD)
     try:
-        device = f'cuda:{rank % torch.cuda.device_count()}'
-        torch.cuda.set_device(device)
+        device = 'cpu'
+        if device_type == 'cuda':
+            device = f'cuda:{rank % torch.cuda.device_count()}'
+            torch.cuda.set_device(device)
         x, gy = _inputs(rank, device), _grad_out(rank, device)
         results = {}
         torch.manual_seed(0)
-        results['torch'] = _run_bn(nn.SyncBatchNorm(C).to(device), x, gy)
-        for level in ('L0', 'L3'):
-            bn = QSyncBatchNorm(C).to(device)
-            bn.actnn_config = CompressionConfig.from_level(level, min_numel=0)
-            results[level] = _run_bn(bn, x, gy)
+        if device_type == 'cuda':
+            results['torch'] = _run_bn(nn.SyncBatchNorm(C).to(device), x, gy)
+        for level, runs in (('L0', 1), ('L3', L3_DRAWS)):
+            for i in range(runs):  # L3: independent rounding draws of the same step
+                bn = QSyncBatchNorm(C).to(device)
+                bn.actnn_config = CompressionConfig.from_level(level, min_numel=0)
+                results[level if i == 0 else f'{level}.{i}'] = _run_bn(bn, x, gy)
+        bn = QSyncBatchNorm(C).to(device)  # no grad (MoCo's key encoder): statistics still synced
+        with torch.no_grad():
+            y = bn(x)
+        results['no_grad'] = dict(y=y, mean=bn.running_mean.clone(), var=bn.running_var.clone())
         for r in results.values():  # weight grads are per-rank sums: DDP would add them
             for k in ('gw', 'gb'):
-                dist.all_reduce(r[k])
+                if k in r:
+                    dist.all_reduce(r[k])
         torch.save({k: {n: t.cpu() for n, t in v.items()} for k, v in results.items()},
                    osp.join(out_dir, f'rank{rank}.pt'))
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.cuda
-def test_qsyncbn_two_processes_equals_syncbn_and_global_batch_bn() -> None:
-    backend = 'nccl' if torch.cuda.device_count() >= WORLD else 'gloo'  # gloo: ranks share a GPU
+@pytest.mark.parametrize('device_type', ['cpu', pytest.param('cuda', marks=pytest.mark.cuda)])
+def test_qsyncbn_two_processes_equals_global_batch_bn(device_type: str) -> None:
+    # gloo on CPU; on a GPU nccl with 2 GPUs, else gloo with both ranks on one GPU
+    backend = 'nccl' if device_type == 'cuda' and torch.cuda.device_count() >= WORLD else 'gloo'
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_sync_bn_worker, args=(f'file://{osp.join(tmp, "store")}', backend, tmp),
+        mp.spawn(_sync_bn_worker,
+                 args=(f'file://{osp.join(tmp, "store")}', backend, device_type, tmp),
                  nprocs=WORLD, join=True)
         ranks: List[dict] = [torch.load(osp.join(tmp, f'rank{r}.pt')) for r in range(WORLD)]
-    # Reference: one plain BN over the concatenated global batch.
+    # Reference: one plain BN over the concatenated global batch (what SyncBatchNorm computes).
     x = torch.cat([_inputs(r, 'cpu') for r in range(WORLD)]).double()
     gy = torch.cat([_grad_out(r, 'cpu') for r in range(WORLD)]).double()
     ref = _run_bn(nn.BatchNorm2d(C).double(), x, gy)
     per_rank = lambda key, r: ref[key][r * N_PER_RANK:(r + 1) * N_PER_RANK].float()  # noqa: E731
+    names = ['L0', 'L3', 'no_grad'] + (['torch'] if device_type == 'cuda' else [])
     for r, got in enumerate(ranks):
-        for name in ('torch', 'L0', 'L3'):
+        for name in names:
             res = got[name]
             for key in ('y', 'gx'):
-                if key == 'gx' and name == 'L3':
-                    continue  # compressed input: checked against torch below, with tolerance
-                torch.testing.assert_close(res[key], per_rank(key, r), rtol=1e-4, atol=1e-4)
+                if key in res and not (key == 'gx' and name == 'L3'):  # L3 gx: noisy, below
+                    torch.testing.assert_close(res[key], per_rank(key, r), rtol=1e-4, atol=1e-4)
             for key in ('mean', 'var'):  # the statistics of the global batch on every rank
                 torch.testing.assert_close(res[key], ref[key].float(), rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(res['gb'], ref['gb'].float(), rtol=1e-4, atol=1e-4)
-        # L0 runs exact: the same numbers as torch's SyncBatchNorm, gradients included.
-        for key in ('y', 'gx', 'gw', 'gb', 'mean', 'var'):
-            torch.testing.assert_close(got['L0'][key], got['torch'][key])
-        torch.testing.assert_close(got['torch']['gw'], ref['gw'].float(), rtol=1e-4, atol=1e-4)
-        # L3: forward and statistics exact; gradients within 2-bit quantization noise.
-        torch.testing.assert_close(got['L3']['y'], got['torch']['y'])
+            for key in ('gw', 'gb'):
+                if key in res and not (key == 'gw' and name == 'L3'):
+                    torch.testing.assert_close(res[key], ref[key].float(), rtol=1e-4, atol=1e-4)
+        if device_type == 'cuda':  # L0 runs exact: torch's SyncBatchNorm's numbers
+            for key in ('y', 'gx', 'gw', 'gb', 'mean', 'var'):
+                torch.testing.assert_close(got['L0'][key], got['torch'][key])
+        # L3: forward and statistics exact (every draw); gradients unbiased: each draw is off by
+        # 2-bit noise, about the gradient's own size here (random output gradients), and the mean
+        # of 16 independent draws is ~1/sqrt(16) as far off, which a sync or bias bug would not be.
+        for i in range(L3_DRAWS):
+            torch.testing.assert_close(got['L3' if i == 0 else f'L3.{i}']['y'], got['L0']['y'])
         for key in ('gx', 'gw'):
-            err = (got['L3'][key] - got['torch'][key]).norm() / got['torch'][key].norm()
-            assert err < 0.5, (key, float(err))
+            exact = got['L0'][key]
+            draws = [got['L3' if i == 0 else f'L3.{i}'][key] for i in range(L3_DRAWS)]
+            single = sum(float((d - exact).norm() / exact.norm()) for d in draws) / L3_DRAWS
+            mean = float((torch.stack(draws).mean(0) - exact).norm() / exact.norm())
+            print(f'[e2e] QSyncBN L3 rank {r} {key}: one draw {single:.3f}, mean of '
+                  f'{L3_DRAWS} draws {mean:.3f} (relative error vs exact)')
+            assert 0 < single < 3 and mean < 0.5 * single, (key, single, mean)
