@@ -117,9 +117,11 @@ def compress(x: torch.Tensor, bits: Union[int, torch.Tensor] = 2, *, group_size:
              bits_sum: Optional[int] = None) -> CompressedTensor:
     """Quantize ``x`` per group with ``bits`` (1, 2, 4, 8; 16/32 = kept as is; or int tensor [N]).
 
-    Stochastic rounding (unbiased) draws from ``generator`` (default: the device's) or, with
-    ``seed`` (and ``offset``), from that Philox stream: the same seed gives the same bytes on
-    every device. ``stochastic=False`` rounds to nearest (deterministic, for tests).
+    Stochastic rounding (unbiased) draws from the Philox stream ``seed`` (and ``offset``), else
+    from one (seed, offset) drawn from ``generator``, else from torch's default CPU generator
+    whatever the device: the same ``seed`` or the same ``torch.manual_seed`` gives the same bytes
+    on CPU and CUDA. (Under CUDA graph capture, and with an explicit CUDA generator, the CUDA
+    generator's graph-safe Philox state is used instead, so each replay draws anew.) ``stochastic=False`` rounds to nearest (deterministic, for tests).
     ``bits_sum``: the sum of per-sample bits when the caller knows it on the host; with it a
     CUDA tensor of bits is used without any device-to-host synchronisation.
     """

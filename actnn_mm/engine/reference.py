@@ -168,10 +168,10 @@ def unpack_bits(packed: torch.Tensor, numel: int, nbits: int) -> torch.Tensor:
 
 def draw_seed_offset(generator: Optional[torch.Generator],
                      device: torch.device) -> Tuple[int, int]:
-    """Two 63-bit numbers from ``generator`` (or the device's default): host values."""
-    gen_device = generator.device if generator is not None else device
-    if gen_device.type not in ('cpu', 'cuda'):
-        gen_device = torch.device('cpu') if generator is None else gen_device
+    """Two 63-bit numbers from ``generator``, else from torch's default *CPU* generator whatever
+    ``device`` is: the kernels' draw (``draw_cpu_seed_offset`` in csrc/cpu/quantize_cpu.cpp), so
+    one ``torch.manual_seed`` gives one stream on every device. Host values."""
+    gen_device = generator.device if generator is not None else torch.device('cpu')
     r = torch.randint(0, 2**63 - 1, (2,), generator=generator, device=gen_device)
     s, o = r.tolist()
     return int(s), int(o)

@@ -10,9 +10,23 @@
 #include <optional>
 
 #include "checks.h"
+#include "host_rng.h"
 #include "quant_common.h"
 
 namespace actnn {
+
+std::pair<uint64_t, uint64_t> draw_cpu_seed_offset(const std::optional<at::Generator>& generator) {
+  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(
+      generator, at::detail::getDefaultCPUGenerator());
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  // torch.randint(0, 2**63 - 1, (2,)) on the same generator draws the same two numbers: the
+  // pure-PyTorch reference's draw (actnn_mm/engine/reference.py: draw_seed_offset).
+  constexpr uint64_t kRange = (uint64_t{1} << 63) - 1;
+  const uint64_t seed = gen->random64() % kRange;
+  const uint64_t offset = gen->random64() % kRange;
+  return {seed, offset};
+}
+
 namespace {
 
 constexpr int64_t kGrain = 8;  // groups per task: at G=256 that is 8 KiB of fp32 input
@@ -97,15 +111,6 @@ inline void with_bits(int b, F&& f) {
     case 7: f(std::integral_constant<int, 7>{}); break;
     default: f(std::integral_constant<int, 8>{}); break;
   }
-}
-
-std::pair<uint64_t, uint64_t> draw_seed_offset(const std::optional<at::Generator>& generator) {
-  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(
-      generator, at::detail::getDefaultCPUGenerator());
-  std::lock_guard<std::mutex> lock(gen->mutex_);
-  const uint64_t seed = gen->random64();
-  const uint64_t offset = gen->random64();
-  return {seed, offset};
 }
 
 template <typename T>
@@ -222,7 +227,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, int64_t num
   const Layout l = check_quantize_args(x, num_samples, group_size, bits, sample_bits,
                                        sample_offsets, payload_bytes);
   uint64_t s = static_cast<uint64_t>(seed), o = static_cast<uint64_t>(offset);
-  if (use_generator && stochastic) std::tie(s, o) = draw_seed_offset(generator);
+  if (use_generator && stochastic) std::tie(s, o) = draw_cpu_seed_offset(generator);
   auto payload = at::empty({payload_bytes}, x.options().dtype(at::kByte));
   auto meta = at::empty({l.groups() * 2}, x.options().dtype(at::kFloat));
   if (l.groups() == 0) return {payload, meta};

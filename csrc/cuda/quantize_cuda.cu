@@ -4,12 +4,16 @@
 // One warp owns one group (256 elements = 8 per lane at the default group size); a grid-stride
 // loop with int64 indices covers any number of groups, so tensors over 2^31 elements and over
 // 65,535 samples need nothing special. Kernels run on the current stream and never synchronise
-// with the host; the random stream comes from the CUDA generator's graph-safe Philox state.
+// with the host. The random stream: an explicit (seed, offset); else, with torch's default
+// generators, the CPU kernel's host draw from the default CPU generator (same torch seed, same
+// bytes on both devices); under CUDA graph capture or with an explicit CUDA generator, that
+// generator's graph-safe Philox state.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <ATen/cuda/PhiloxUtils.cuh>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -20,6 +24,7 @@
 #include <optional>
 
 #include "checks.h"
+#include "host_rng.h"
 #include "quant_common.h"
 
 namespace actnn {
@@ -376,9 +381,18 @@ at::PhiloxCudaState rng_state(const at::Device& device, bool use_generator, int6
   if (!use_generator) {
     return at::PhiloxCudaState(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
   }
-  if (generator.has_value() && generator->defined()) {
+  const bool explicit_generator = generator.has_value() && generator->defined();
+  if (explicit_generator) {
     TORCH_CHECK(generator->device() == device, "actnn_mm.quantize: generator is on ",
                 generator->device(), " but x is on ", device);
+  } else if (c10::cuda::currentStreamCaptureStatusMayInitCtx() ==
+             c10::cuda::CaptureStatus::None) {
+    // torch's default generators: the CPU kernel's host draw from the default CPU generator, so
+    // the same torch.manual_seed gives the same bytes on CPU and CUDA (no device sync: the CPU
+    // generator lives on the host). Under graph capture a host value would be frozen into the
+    // graph, so the CUDA generator's graph-safe Philox state is used there instead.
+    const auto so = draw_cpu_seed_offset(std::nullopt);
+    return at::PhiloxCudaState(so.first, so.second);
   }
   auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
       generator, at::cuda::detail::getDefaultCUDAGenerator(device.index()));

@@ -80,6 +80,41 @@ def test_cuda_generator_reproducible_and_advancing():
     assert torch.equal(a1.payload, b1.payload) and not torch.equal(a1.payload, a2.payload)
 
 
+@pytest.mark.parametrize('dtype', DTYPES)
+def test_cuda_same_torch_seed_same_bytes_as_cpu(dtype):
+    """torch.manual_seed alone (no explicit seed) gives the CPU kernel's bytes on the GPU."""
+    x = (torch.randn(6, 1000) * 2 - 1).to(dtype)
+    bits = torch.tensor([1, 2, 4, 8, 2, 3], dtype=torch.int32)
+    for b in (2, bits):
+        torch.manual_seed(11)
+        c_cpu = compress(x, b)
+        torch.manual_seed(11)
+        c_gpu = compress(x.cuda(), b.cuda() if isinstance(b, torch.Tensor) else b,
+                         bits_sum=int(bits.sum()) if isinstance(b, torch.Tensor) else None)
+        assert _same(c_gpu.payload, c_cpu.payload)
+        assert torch.equal(c_gpu.meta.cpu().view(torch.int32), c_cpu.meta.view(torch.int32))
+
+
+def test_cuda_graph_replays_draw_new_random_numbers():
+    """Under capture the CUDA generator's graph-safe Philox state is used: each replay rounds
+    with fresh numbers (a host-drawn seed would be frozen into the graph)."""
+    x = torch.randn(8, 4096, device='cuda')
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        compress(x, 2)  # warm-up outside the graph
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        c = compress(x, 2)
+    graph.replay()
+    first = c.payload.clone()
+    graph.replay()
+    assert not torch.equal(first, c.payload)
+    err = (decompress(c) - x).abs().max()
+    assert float(err) <= float((x.max() - x.min()) / 3) + 1e-6
+
+
 def test_cuda_more_than_65535_samples():
     x = torch.randn(70_000, 300, device='cuda', dtype=torch.float16)
     c = compress(x, 2, stochastic=False)
