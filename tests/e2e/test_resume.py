@@ -20,14 +20,16 @@ import torch
 from e2e_helpers import DEMO, REPO, scalars
 
 CONFIG = osp.join(DEMO, 'faster_rcnn_r50_fpn_demo.py')
+NO_RNG_RESTORE = osp.join(osp.dirname(osp.abspath(__file__)), 'configs',
+                          'faster_rcnn_no_rng_restore.py')  # the same, restore disabled
 OPTS = ['train_dataloader.dataset.pipeline.2.scale=(160,160)', 'train_cfg.max_iters=4',
         'train_cfg.val_begin=1000', 'default_hooks.logger.interval=1',
         'default_hooks.checkpoint.interval=2', 'default_hooks.checkpoint.max_keep_ckpts=-1']
 VARYING = ('time', 'data_time', 'eta', 'memory', 'step')  # wall-clock figures
 
 
-def train(args: List[str], cwd: str, env: dict) -> str:
-    res = subprocess.run([sys.executable, osp.join(REPO, 'tools/train.py'), CONFIG, *args,
+def train(args: List[str], cwd: str, env: dict, config: str = CONFIG) -> str:
+    res = subprocess.run([sys.executable, osp.join(REPO, 'tools/train.py'), config, *args,
                           '--cfg-options', *OPTS], cwd=cwd, env=env, capture_output=True,
                          text=True, timeout=900)
     out = res.stdout + res.stderr
@@ -64,3 +66,13 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(demo_cwd: str, tool_
         assert b[it] == a[it], (it, a[it], b[it])  # every logged value, full precision
         assert printed(out_part, it) == printed(out_whole, it)
     assert 'actnn_kept_MB' in a[3] and 'loss_rpn_cls' in a[3]
+
+    # The trap: without the RNG restore (a test module disables it), the same resume draws other
+    # RPN/RoI samples and rounding numbers from iteration 3 on.
+    blind = str(tmp_path / 'resumed_without_rng')
+    out_blind = train(['--work-dir', blind, '--resume', ckpt], demo_cwd, tool_env,
+                      NO_RNG_RESTORE)
+    c = by_iter(blind)
+    print(f'[e2e] resume, iteration 3: uninterrupted {printed(out_whole, 3)}')
+    print(f'[e2e] resume, iteration 3: without RNG restore {printed(out_blind, 3)}')
+    assert c[3]['loss'] != a[3]['loss'], 'a resume without the RNG restore was exact too'
