@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import _sync_bn_cpu
 from ._common import (AmpFunction, cast_for_autocast, compress_active, get_scheme, load_input,
-                      save_input, suggest_memory_format)
+                      save_input, scheme_is_exact, suggest_memory_format)
 
 __all__ = ['QBatchNorm1d', 'QBatchNorm2d', 'QBatchNorm3d', 'QBatchNormXd', 'QSyncBatchNorm',
            'QLayerNorm', 'QGroupNorm', 'batch_norm_function']
@@ -21,8 +21,40 @@ __all__ = ['QBatchNorm1d', 'QBatchNorm2d', 'QBatchNorm3d', 'QBatchNormXd', 'QSyn
 # ---------------------------------------------------------------------------------------------
 # Batch norm
 
+def _per_channel(t: Tensor, x: Tensor) -> Tensor:
+    return t.view([1, -1] + [1] * (x.dim() - 2))
+
+
+def save_bn_input(ctx: Any, x: Tensor, mean: Tensor, invstd: Tensor, scheme: Any) -> None:
+    """Save a batch norm's input for backward: exact as is, else *normalised* and compressed.
+
+    The backward reads the input only through x_hat = (x - mean) * invstd. Quantizing x itself
+    puts each group's step (set by the widest channel in the group) against channels whose batch
+    spread can be far smaller, and invstd (up to 1/sqrt(eps)) multiplies that error: ResNet-50 at
+    L3 on 32x32 inputs, batch 2 (1x1 maps in the last stage, 2 values per channel) got weight
+    gradients of 1e19-1e22. x_hat has unit spread in every channel, so the error stays a fraction
+    of a step of a unit-scale tensor. Sets ``ctx.normalized``.
+    """
+    ctx.normalized = scheme_is_exact(scheme, x) is not True
+    if ctx.normalized:
+        x = ((x - _per_channel(mean, x)) * _per_channel(invstd, x)).to(x.dtype)
+    save_input(ctx, x, scheme)
+
+
+def bn_backward_args(ctx: Any, weight: Optional[Tensor], mean: Tensor,
+                     invstd: Tensor) -> Tuple[Optional[Tensor], Tensor, Tensor]:
+    """(weight, mean, invstd) for the backward ops given what :func:`save_bn_input` kept: for a
+    normalised input x_hat, mean 0, invstd 1 and weight * invstd give the same gradients (the
+    input gradient is weight * invstd * (dy - mean(dy) - x_hat * mean(dy * x_hat)); the weight
+    gradient is sum(dy * x_hat))."""
+    if not ctx.normalized:
+        return weight, mean, invstd
+    scale = invstd if weight is None else weight.to(invstd.dtype) * invstd
+    return scale, torch.zeros_like(mean), torch.ones_like(invstd)
+
+
 class _BatchNormFunction(AmpFunction):
-    """``aten.native_batch_norm`` (training) with the input saved compressed."""
+    """``aten.native_batch_norm`` (training) with the input saved compressed (normalised)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
@@ -30,7 +62,7 @@ class _BatchNormFunction(AmpFunction):
                 eps: float, scheme: Any) -> Tensor:
         out, mean, invstd = torch.ops.aten.native_batch_norm(x, weight, bias, running_mean,
                                                              running_var, True, momentum, eps)
-        save_input(ctx, x, scheme)
+        save_bn_input(ctx, x, mean, invstd, scheme)
         ctx.save_for_backward(ctx.x_exact, weight, mean, invstd)
         ctx.x_exact = None
         ctx.eps = eps
@@ -43,8 +75,9 @@ class _BatchNormFunction(AmpFunction):
         ctx.scheme.observe_grad(grad_out)
         mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
                 ctx.needs_input_grad[2]]
+        w, mean, invstd = bn_backward_args(ctx, weight, mean, invstd)
         gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
-            grad_out, x, weight, None, None, mean, invstd, True, ctx.eps, mask)
+            grad_out, x, w, None, None, mean, invstd, True, ctx.eps, mask)
         return gx, gw, gb, None, None, None, None, None
 
 
@@ -153,7 +186,7 @@ class _SyncBatchNormFunction(AmpFunction):
         mean, invstd = ops.batch_norm_gather_stats_with_counts(
             x, mean_all, invstd_all, running_mean, running_var, momentum, eps, counts)
         if scheme is not None:
-            save_input(ctx, x, scheme)
+            save_bn_input(ctx, x, mean, invstd, scheme)
             ctx.save_for_backward(ctx.x_exact, weight, mean, invstd, count_all.to(torch.int32))
             ctx.x_exact = None
         ctx.process_group = process_group
@@ -174,8 +207,11 @@ class _SyncBatchNormFunction(AmpFunction):
         if math.prod(ctx.x_shape) > 0:
             x = load_input(ctx, x_exact)
             ctx.scheme.observe_grad(grad_out)
+            weight_in = weight
+            weight, mean, invstd = bn_backward_args(ctx, weight, mean, invstd)
             sum_dy, sum_dy_xmu, gw, gb = ops.batch_norm_backward_reduce(
-                grad_out, x, mean, invstd, weight, need_x, need_w, need_b)
+                grad_out, x, mean, invstd, weight, need_x, need_w and weight_in is not None,
+                need_b and weight_in is not None)
             if need_x:
                 c = sum_dy.shape[0]
                 combined = torch.cat([sum_dy, sum_dy_xmu], dim=0)
@@ -185,13 +221,13 @@ class _SyncBatchNormFunction(AmpFunction):
                     weight.dtype != mean.dtype else weight
                 gx = ops.batch_norm_backward_elemt(grad_out, x, mean, invstd, w, sum_dy,
                                                      sum_dy_xmu, count)
-            if weight is None or not need_w:
+            if weight_in is None or not need_w:
                 gw = None
-            if weight is None or not need_b:
+            if weight_in is None or not need_b:
                 gb = None
         elif need_x:  # participate in the collective so peers do not hang
-            combined = torch.zeros(2 * ctx.x_shape[1], dtype=grad_out.dtype,
-                                   device=grad_out.device)
+            acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
+            combined = torch.zeros(2 * ctx.x_shape[1], dtype=acc, device=grad_out.device)
             dist.all_reduce(combined, dist.ReduceOp.SUM, ctx.process_group, async_op=False)
         return gx, gw, gb, None, None, None, None, None, None, None
 
