@@ -8,9 +8,9 @@ import torch
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
-    # The 300-iteration exact-vs-L3 parity run takes ~25 min on 2 cores: opt in, visibly skipped.
+    # The 600-iteration exact-vs-L3 parity run takes ~15 min on 2 cores: opt in, visibly skipped.
     if os.environ.get('ACTNN_MM_CONVERGENCE', '0') != '1':
-        skip_parity = pytest.mark.skip(reason='convergence parity run (~25 min): set '
+        skip_parity = pytest.mark.skip(reason='convergence parity run (~15 min): set '
                                        'ACTNN_MM_CONVERGENCE=1 to run it (issue 5)')
         for item in items:
             if item.nodeid.startswith('tests/e2e/test_convergence.py'):
