@@ -121,7 +121,8 @@ def compress(x: torch.Tensor, bits: Union[int, torch.Tensor] = 2, *, group_size:
     from one (seed, offset) drawn from ``generator``, else from torch's default CPU generator
     whatever the device: the same ``seed`` or the same ``torch.manual_seed`` gives the same bytes
     on CPU and CUDA. (Under CUDA graph capture, and with an explicit CUDA generator, the CUDA
-    generator's graph-safe Philox state is used instead, so each replay draws anew.) ``stochastic=False`` rounds to nearest (deterministic, for tests).
+    generator's graph-safe Philox state is used instead, so each replay draws anew.)
+    ``stochastic=False`` rounds to nearest (deterministic, for tests).
     ``bits_sum``: the sum of per-sample bits when the caller knows it on the host; with it a
     CUDA tensor of bits is used without any device-to-host synchronisation.
     """

@@ -17,7 +17,8 @@ __all__ = ['batch_norm_stats', 'batch_norm_gather_stats_with_counts', 'batch_nor
            'batch_norm_backward_reduce', 'batch_norm_backward_elemt']
 
 
-def _acc_dtype(x: Tensor) -> torch.dtype:
+def stats_dtype(x: Tensor) -> torch.dtype:
+    """The dtype batch norm statistics of ``x`` are accumulated and exchanged in."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
@@ -25,14 +26,14 @@ def _reduce_dims(x: Tensor) -> List[int]:
     return [d for d in range(x.dim()) if d != 1]
 
 
-def _per_channel(t: Tensor, x: Tensor) -> Tensor:
+def per_channel(t: Tensor, x: Tensor) -> Tensor:
     """A (C,) tensor shaped to broadcast against ``x`` (N, C, ...)."""
     return t.view([1, -1] + [1] * (x.dim() - 2))
 
 
 def batch_norm_stats(x: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
     """Local per-channel mean and 1/sqrt(biased var + eps)."""
-    xf = x.to(_acc_dtype(x))
+    xf = x.to(stats_dtype(x))
     var, mean = torch.var_mean(xf, dim=_reduce_dims(x), correction=0)
     return mean, torch.rsqrt(var + eps)
 
@@ -67,7 +68,7 @@ def batch_norm_elemt(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor]
     shift = -mean * scale
     if bias is not None:
         shift = shift + bias.to(acc)
-    out = x.to(acc) * _per_channel(scale, x) + _per_channel(shift, x)
+    out = x.to(acc) * per_channel(scale, x) + per_channel(shift, x)
     return out.to(x.dtype)
 
 
@@ -81,7 +82,7 @@ def batch_norm_backward_reduce(grad_out: Tensor, x: Tensor, mean: Tensor, invstd
     dims = _reduce_dims(x)
     dy = grad_out.to(acc)
     sum_dy = dy.sum(dims)
-    sum_dy_xmu = (dy * (x.to(acc) - _per_channel(mean, x))).sum(dims)
+    sum_dy_xmu = (dy * (x.to(acc) - per_channel(mean, x))).sum(dims)
     grad_weight = (sum_dy_xmu * invstd).to(weight.dtype) if weight_g and weight is not None \
         else None
     grad_bias = sum_dy.to(weight.dtype) if bias_g and weight is not None else None
@@ -100,6 +101,6 @@ def batch_norm_backward_elemt(grad_out: Tensor, x: Tensor, mean: Tensor, invstd:
     mean_dy_xmu = sum_dy_xmu / total
     scale = invstd if weight is None else invstd * weight.to(acc)
     proj = mean_dy_xmu * invstd.square()
-    gx = (grad_out.to(acc) - _per_channel(mean_dy, x)
-          - (x.to(acc) - _per_channel(mean, x)) * _per_channel(proj, x)) * _per_channel(scale, x)
+    gx = (grad_out.to(acc) - per_channel(mean_dy, x)
+          - (x.to(acc) - per_channel(mean, x)) * per_channel(proj, x)) * per_channel(scale, x)
     return gx.to(grad_out.dtype)

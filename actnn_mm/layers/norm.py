@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import _sync_bn_cpu
+from ._sync_bn_cpu import per_channel, stats_dtype
 from ._common import (AmpFunction, cast_for_autocast, compress_active, get_scheme, load_input,
                       save_input, scheme_is_exact, suggest_memory_format)
 
@@ -20,10 +21,6 @@ __all__ = ['QBatchNorm1d', 'QBatchNorm2d', 'QBatchNorm3d', 'QBatchNormXd', 'QSyn
 
 # ---------------------------------------------------------------------------------------------
 # Batch norm
-
-def _per_channel(t: Tensor, x: Tensor) -> Tensor:
-    return t.view([1, -1] + [1] * (x.dim() - 2))
-
 
 def save_bn_input(ctx: Any, x: Tensor, mean: Tensor, invstd: Tensor, scheme: Any) -> None:
     """Save a batch norm's input for backward: exact as is, else *normalised* and compressed.
@@ -37,7 +34,7 @@ def save_bn_input(ctx: Any, x: Tensor, mean: Tensor, invstd: Tensor, scheme: Any
     """
     ctx.normalized = scheme_is_exact(scheme, x) is not True
     if ctx.normalized:
-        x = ((x - _per_channel(mean, x)) * _per_channel(invstd, x)).to(x.dtype)
+        x = ((x - per_channel(mean, x)) * per_channel(invstd, x)).to(x.dtype)
     save_input(ctx, x, scheme)
 
 
@@ -172,8 +169,7 @@ class _SyncBatchNormFunction(AmpFunction):
                                device=mean.device)
             combined = torch.cat([mean, invstd, count], dim=0)
         else:
-            acc = torch.float64 if x.dtype == torch.float64 else torch.float32  # stats' dtype
-            combined = torch.zeros(2 * num_channels + 1, dtype=acc, device=x.device)
+            combined = torch.zeros(2 * num_channels + 1, dtype=stats_dtype(x), device=x.device)
         gathered = [torch.empty_like(combined) for _ in range(world_size)]
         dist.all_gather(gathered, combined, process_group, async_op=False)
         mean_all, invstd_all, count_all = torch.split(torch.stack(gathered, 0), num_channels,
@@ -207,27 +203,26 @@ class _SyncBatchNormFunction(AmpFunction):
         if math.prod(ctx.x_shape) > 0:
             x = load_input(ctx, x_exact)
             ctx.scheme.observe_grad(grad_out)
-            weight_in = weight
-            weight, mean, invstd = bn_backward_args(ctx, weight, mean, invstd)
+            bw_weight, mean, invstd = bn_backward_args(ctx, weight, mean, invstd)
             sum_dy, sum_dy_xmu, gw, gb = ops.batch_norm_backward_reduce(
-                grad_out, x, mean, invstd, weight, need_x, need_w and weight_in is not None,
-                need_b and weight_in is not None)
+                grad_out, x, mean, invstd, bw_weight, need_x, need_w and weight is not None,
+                need_b and weight is not None)
             if need_x:
                 c = sum_dy.shape[0]
                 combined = torch.cat([sum_dy, sum_dy_xmu], dim=0)
                 dist.all_reduce(combined, dist.ReduceOp.SUM, ctx.process_group, async_op=False)
                 sum_dy, sum_dy_xmu = torch.split(combined, c)
-                w = weight.to(mean.dtype) if weight is not None and \
-                    weight.dtype != mean.dtype else weight
+                w = bw_weight.to(mean.dtype) if bw_weight is not None and \
+                    bw_weight.dtype != mean.dtype else bw_weight
                 gx = ops.batch_norm_backward_elemt(grad_out, x, mean, invstd, w, sum_dy,
-                                                     sum_dy_xmu, count)
-            if weight_in is None or not need_w:
+                                                   sum_dy_xmu, count)
+            if weight is None or not need_w:
                 gw = None
-            if weight_in is None or not need_b:
+            if weight is None or not need_b:
                 gb = None
         elif need_x:  # participate in the collective so peers do not hang
-            acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
-            combined = torch.zeros(2 * ctx.x_shape[1], dtype=acc, device=grad_out.device)
+            combined = torch.zeros(2 * ctx.x_shape[1], dtype=stats_dtype(grad_out),
+                                   device=grad_out.device)
             dist.all_reduce(combined, dist.ReduceOp.SUM, ctx.process_group, async_op=False)
         return gx, gw, gb, None, None, None, None, None, None, None
 

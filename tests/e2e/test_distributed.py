@@ -85,6 +85,11 @@ def _run_bn(bn: nn.Module, x: torch.Tensor, gy: torch.Tensor) -> Dict[str, torch
                 mean=bn.running_mean.clone(), var=bn.running_var.clone())
 
 
+def _draw(level: str, i: int) -> str:
+    """Result key of draw ``i`` at ``level``: the first is the level's own entry."""
+    return level if i == 0 else f'{level}.{i}'
+
+
 def _sync_bn_worker(rank: int, init: str, backend: str, device_type: str, out_dir: str) -> None:
     from actnn_mm.engine import CompressionConfig
     from actnn_mm.layers import QSyncBatchNorm
@@ -104,7 +109,7 @@ def _sync_bn_worker(rank: int, init: str, backend: str, device_type: str, out_di
             for i in range(runs):  # L3: independent rounding draws of the same step
                 bn = QSyncBatchNorm(C).to(device)
                 bn.actnn_config = CompressionConfig.from_level(level, min_numel=0)
-                results[level if i == 0 else f'{level}.{i}'] = _run_bn(bn, x, gy)
+                results[_draw(level, i)] = _run_bn(bn, x, gy)
         bn = QSyncBatchNorm(C).to(device)  # no grad (MoCo's key encoder): statistics still synced
         with torch.no_grad():
             y = bn(x)
@@ -152,10 +157,10 @@ def test_qsyncbn_two_processes_equals_global_batch_bn(device_type: str) -> None:
         # 2-bit noise, about the gradient's own size here (random output gradients), and the mean
         # of 16 independent draws is ~1/sqrt(16) as far off, which a sync or bias bug would not be.
         for i in range(L3_DRAWS):
-            torch.testing.assert_close(got['L3' if i == 0 else f'L3.{i}']['y'], got['L0']['y'])
+            torch.testing.assert_close(got[_draw('L3', i)]['y'], got['L0']['y'])
         for key in ('gx', 'gw'):
             exact = got['L0'][key]
-            draws = [got['L3' if i == 0 else f'L3.{i}'][key] for i in range(L3_DRAWS)]
+            draws = [got[_draw('L3', i)][key] for i in range(L3_DRAWS)]
             single = sum(float((d - exact).norm() / exact.norm()) for d in draws) / L3_DRAWS
             mean = float((torch.stack(draws).mean(0) - exact).norm() / exact.norm())
             print(f'[e2e] QSyncBN L3 rank {r} {key}: one draw {single:.3f}, mean of '
