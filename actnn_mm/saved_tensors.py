@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import memory
+from . import saved_bytes
 from .engine import CompressionConfig, LayerScheme, get_default_config
 
 __all__ = ['compress_saved_tensors', 'install', 'uninstall', 'installed', 'keep_exact', 'share',
@@ -333,33 +333,33 @@ class compress_saved_tensors(ContextDecorator):
     def _pack(self, t: Tensor) -> Any:
         if getattr(_EXACT, 'depth', 0) > 0:  # inside a module the level keeps exact (L1 norms)
             if not is_param_like(t, self._local.storages):
-                memory.record(t)
+                saved_bytes.record(t)
             return t
         if t.layout == torch.strided and t.is_floating_point() and _is_relu_own_save(t):
             from .engine import pack_mask
             mask = pack_mask(t != 0)  # != 0: NaN outputs pass the gradient, as in torch
-            memory.record(mask)
+            saved_bytes.record(mask)
             return _ReluMask(mask, t.dtype)
         if not self._eligible(t):
             if not is_param_like(t, self._local.storages):
-                memory.record(t)
+                saved_bytes.record(t)
             return t
         hit = _CACHE.get(t)
         if hit is EXACT:
-            memory.record(t)
+            saved_bytes.record(t)
             return t
         if hit is not None:
-            memory.record(hit.packed)
+            saved_bytes.record(hit.packed)
             return hit
         scheme = self._scheme()
         view = sample_view(t)
         packed = scheme.compress(view)
         if packed is view:  # not worth compressing: kept as it is
-            memory.record(t)
+            saved_bytes.record(t)
             return t
         saved = Saved(packed, scheme, None if view is t else t.shape)
         _CACHE.put(t, holder=saved)
-        memory.record(packed)
+        saved_bytes.record(packed)
         return saved
 
     @staticmethod

@@ -1,10 +1,20 @@
-"""Project-wide pytest set-up: GPU tests are skipped visibly where no CUDA device exists."""
+"""Project-wide pytest set-up: GPU tests are skipped visibly where no CUDA device exists.
+
+``tools/`` goes on ``sys.path`` so that tests import the tools' package (``actnn_tools``: the
+benchmark, the demo data, the runner glue) as the tools themselves do; it is not installed.
+"""
 from __future__ import annotations
 
 import os
+import os.path as osp
+import sys
 
 import pytest
 import torch
+
+TOOLS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools')
+if TOOLS not in sys.path:
+    sys.path.insert(0, TOOLS)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:

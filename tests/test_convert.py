@@ -11,10 +11,10 @@ import torchvision
 from torch import nn
 
 from actnn_mm import convert, get_allocator, revert
-from actnn_mm.convert import is_converted
+from actnn_mm.conversion import is_converted
 from actnn_mm.engine import BitAllocator, CompressionConfig
 from actnn_mm.layers import QLAYERS, TWINS, QBatchNorm2d, QConv2d, QLinear, QMaxPool2d, QReLU
-from actnn_mm.memory import measure_saved_bytes
+from actnn_mm.saved_bytes import measure_saved_bytes
 from actnn_mm.saved_tensors import installed
 
 L0 = CompressionConfig.from_level('L0')

@@ -10,7 +10,7 @@ from torch import nn
 
 from actnn_mm import convert
 from actnn_mm.engine import CompressionConfig
-from actnn_mm.memory import SavedBytesCounter, measure_saved_bytes
+from actnn_mm.saved_bytes import SavedBytesCounter, measure_saved_bytes
 from actnn_mm.saved_tensors import install
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from actnn_mm import convert
 from actnn_mm.engine import CompressedTensor, CompressionConfig, PackedMask
 from actnn_mm.layers import QConv2d
-from actnn_mm.memory import SavedBytesCounter, measure_saved_bytes
+from actnn_mm.saved_bytes import SavedBytesCounter, measure_saved_bytes
 from actnn_mm.saved_tensors import compress_saved_tensors, install, installed, uninstall
 
 L3 = CompressionConfig.from_level('L3', min_numel=64)

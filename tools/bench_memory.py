@@ -11,7 +11,7 @@ plot (``.png``, out of memory marked with a red x), and prints the table last.
 
 Memory as the ActNN paper measured it: on CUDA, ``torch.cuda.memory_allocated`` before backward
 minus before forward, minus outputs and loss (per sample), and ``max_memory_allocated`` for the
-peak; on CPU, the bytes autograd keeps for backward (``actnn_mm.memory.SavedBytesCounter``).
+peak; on CPU, the bytes autograd keeps for backward (``actnn_mm.saved_bytes.SavedBytesCounter``).
 Throughput is the median of timed iterations after warm-up (informative only on CPU). The
 largest batch is searched in subprocesses (doubling, then bisection; out of memory recorded)
 with ``--max-batch-search CAP`` and a time bound per method (``--time-limit``).
@@ -24,7 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from actnn_mm.benchmark.cli import main  # noqa: E402
+from actnn_tools.benchmark.cli import main  # noqa: E402
 
 if __name__ == '__main__':
     sys.exit(main())

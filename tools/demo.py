@@ -18,11 +18,11 @@ import time
 from typing import Callable, Dict, Optional
 
 import torch
-from _common import REPO_ROOT, build_runner, load_config
+from actnn_tools.runner import REPO_ROOT, build_runner, load_config
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-from actnn_mm.datasets import make_demo_data
+from actnn_tools.demo_data import make_demo_data
 
 DEMO_CONFIG = osp.join(REPO_ROOT, 'configs/actnn/demo/faster_rcnn_r50_fpn_demo.py')
 
@@ -72,7 +72,7 @@ def demo_config(args: argparse.Namespace):
 def _fallback_saved_bytes(run: Callable[[], object]) -> int:
     """Bytes of distinct non-parameter tensors autograd saves while ``run()`` builds its graph.
 
-    Used only where ``actnn_mm.memory`` is unavailable (it also counts compressed objects).
+    Used only where ``actnn_mm.saved_bytes`` is unavailable (it also counts compressed objects).
     """
     seen: Dict[int, int] = {}
 
@@ -98,7 +98,7 @@ def saved_activation_bytes(model: torch.nn.Module, batch: dict) -> int:
         return m._run_forward(d, mode='loss')
 
     try:
-        from actnn_mm.memory import measure_saved_bytes
+        from actnn_mm.saved_bytes import measure_saved_bytes
     except ImportError:
         return _fallback_saved_bytes(lambda: forward(model, data))
     return measure_saved_bytes(model, data, forward=forward).total
@@ -108,7 +108,7 @@ def actnn_copy(model: torch.nn.Module, level: str) -> Optional[torch.nn.Module]:
     """``model`` converted in place to ActNN at ``level``; None where actnn_mm has no
     ``convert`` yet."""
     try:
-        from actnn_mm.convert import convert
+        from actnn_mm.conversion import convert
         from actnn_mm.engine import CompressionConfig
     except ImportError:
         return None

@@ -14,7 +14,7 @@ import time
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
 
-from actnn_mm.datasets import DEMO_DATASETS, make_demo_data  # noqa: E402
+from actnn_tools.demo_data import DEMO_DATASETS, make_demo_data  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -10,7 +10,7 @@ writes prediction PNGs to a folder.
 import argparse
 import os
 
-from _common import (build_runner, ensure_data_exists, load_config,
+from actnn_tools.runner import (build_runner, ensure_data_exists, load_config,
                      setup_cache_size_limit_of_dynamo, setup_cpu_distributed)
 from mmengine.config import Config, DictAction
 

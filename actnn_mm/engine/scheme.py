@@ -12,7 +12,7 @@ from typing import Optional, Union
 
 import torch
 
-from .allocation import allocate_per_sample
+from .bit_solver import allocate_per_sample
 from .compressed import CompressedTensor, _compress_impl, decompress, payload_bytes
 from .config import CompressionConfig
 from .layout import FLOAT_DTYPES, flatten_samples, num_samples_of
@@ -100,7 +100,7 @@ class LayerScheme:
         if not self._worth_it(x, n, avg if cfg.mixed else float(cfg.bits)):
             return x
         if cfg.defrag and x.is_cuda:
-            from .memory import enable_expandable_segments
+            from .cuda_allocator import enable_expandable_segments
             enable_expandable_segments()
         g = cfg.group_size
         self.samples = n

@@ -12,7 +12,7 @@ from .linear import QLinear
 from .norm import (QBatchNorm1d, QBatchNorm2d, QBatchNorm3d, QBatchNormXd, QGroupNorm,
                    QLayerNorm, QSyncBatchNorm)
 from .pooling import QAvgPool2d, QMaxPool2d
-from ._common import q_getstate
+from ._qlayer import q_getstate
 
 import torch.nn as _nn
 

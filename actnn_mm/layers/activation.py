@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import memory
+from .. import saved_bytes
 from ..engine import pack_mask, unpack_mask
-from ._common import (AmpFunction, compress_active, get_scheme, inplace_on_leaf, load_input,
+from ._qlayer import (AmpFunction, compress_active, get_scheme, inplace_on_leaf, load_input,
                       save_input)
 
 __all__ = ['QReLU', 'QLeakyReLU', 'QGELU', 'QSiLU']
@@ -18,7 +18,7 @@ __all__ = ['QReLU', 'QLeakyReLU', 'QGELU', 'QSiLU']
 
 def _keep_mask(ctx: Any, mask: Tensor) -> None:
     ctx.mask = pack_mask(mask)
-    memory.record(ctx.mask)
+    saved_bytes.record(ctx.mask)
 
 
 class _ReLUFunction(AmpFunction):
@@ -117,7 +117,7 @@ class _SiLUFunction(AmpFunction):
             ctx.packed = None if exact else packed
             kept = x.clone() if exact else None
             if not exact:
-                memory.record(packed)
+                saved_bytes.record(packed)
             out = torch.ops.aten.silu_(x)
             ctx.mark_dirty(x)
             ctx.save_for_backward(kept)

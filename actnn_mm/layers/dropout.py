@@ -11,9 +11,9 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .. import memory
+from .. import saved_bytes
 from ..engine import pack_mask, unpack_mask
-from ._common import AmpFunction, compress_active, inplace_on_leaf
+from ._qlayer import AmpFunction, compress_active, inplace_on_leaf
 
 __all__ = ['QDropout', 'QDropout2d']
 
@@ -38,7 +38,7 @@ class _DropoutFunction(AmpFunction):
             else:
                 out = x * noise
         ctx.mask = pack_mask(mask)
-        memory.record(ctx.mask)
+        saved_bytes.record(ctx.mask)
         return out
 
     @staticmethod

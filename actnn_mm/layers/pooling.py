@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from .. import memory
+from .. import saved_bytes
 from ..engine import pack_index, unpack_index
-from ._common import AmpFunction, compress_active
+from ._qlayer import AmpFunction, compress_active
 
 __all__ = ['QMaxPool2d', 'QAvgPool2d', 'window_index', 'flat_index']
 
@@ -66,7 +66,7 @@ class _MaxPool2dFunction(AmpFunction):
                                                             ceil_mode)
         conf = (x.shape[-1], kernel, stride, padding, dilation)
         ctx.window = _pack_window(window_index(flat, *conf), kernel[0] * kernel[1])
-        memory.record(ctx.window)
+        saved_bytes.record(ctx.window)
         ctx.conf = conf
         ctx.ceil_mode = ceil_mode
         ctx.x_geom = (x.shape, x.stride(), x.dtype, x.device)

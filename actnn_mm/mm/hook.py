@@ -36,7 +36,7 @@ class ActNNHook(Hook):
         level: ``'L0'``...``'L5'`` (see ``CompressionConfig``); ``'L3'`` as in the paper.
         parts: attribute paths of the model to convert (``'backbone'``, ``'neck'``,
             ``'roi_head.bbox_head'``...); ``'model'`` or ``'*'`` means the whole model.
-        include / exclude: module-name globs inside the parts (see ``actnn_mm.convert``).
+        include / exclude: module-name globs inside the parts (see ``actnn_mm.conversion``).
         saved_tensors: also compress every other tensor autograd saves in those parts.
         log_interval: measure the kept bytes and log every this many iterations
             (default: the runner's LoggerHook interval).
@@ -70,7 +70,7 @@ class ActNNHook(Hook):
 
     def convert(self, model: nn.Module, logger: Any = None) -> Dict[str, Any]:
         """Convert the configured parts of ``model`` (idempotent); returns reports by part."""
-        from ..convert import convert
+        from ..conversion import convert
 
         opts = self.options
         for name, part in resolve_parts(model, opts.parts):

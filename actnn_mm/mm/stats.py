@@ -6,7 +6,7 @@ from typing import List, Optional
 from torch import nn
 
 from ..engine import CompressionConfig, LayerScheme
-from ..memory import SavedBytesCounter, SavedBytesReport
+from ..saved_bytes import SavedBytesCounter, SavedBytesReport
 
 
 class IterationStats:

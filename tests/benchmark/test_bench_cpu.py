@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from actnn_mm.benchmark.cli import TRIAL_TAG, main
+from actnn_tools.benchmark.cli import TRIAL_TAG, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # 64x64, batch 4: small enough for CI, large enough that several timed steps from scratch stay
@@ -50,7 +50,7 @@ def test_two_methods_write_json_png_and_table_last(tmp_path: str, capsys) -> Non
 
 def test_a_failing_method_is_recorded_and_the_run_goes_on(tmp_path: str, capsys,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import actnn_mm.benchmark.measure as measure
+    import actnn_tools.benchmark.measure as measure
 
     def broken(method, wl):  # noqa: ANN001
         raise RuntimeError('boom')

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from actnn_mm.benchmark.measure import apply_method, run_config
-from actnn_mm.benchmark.methods import parse_method
-from actnn_mm.benchmark.workloads import build_workload
+from actnn_tools.benchmark.measure import apply_method, run_config
+from actnn_tools.benchmark.methods import parse_method
+from actnn_tools.benchmark.workloads import build_workload
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')]

@@ -7,9 +7,9 @@ from typing import Any, Dict
 
 import pytest
 
-from actnn_mm.benchmark.measure import is_oom, tensor_bytes
-from actnn_mm.benchmark.methods import DEFAULT_METHODS, parse_method
-from actnn_mm.benchmark.report import format_table, max_batch_text, plot, write_json
+from actnn_tools.benchmark.measure import is_oom, tensor_bytes
+from actnn_tools.benchmark.methods import DEFAULT_METHODS, parse_method
+from actnn_tools.benchmark.report import format_table, max_batch_text, plot, write_json
 
 
 def test_parse_method() -> None:

@@ -5,7 +5,7 @@ from typing import Callable, List
 
 import pytest
 
-from actnn_mm.benchmark.search import ERROR, FITS, OOM, TIMEOUT, Trial, search_max_batch
+from actnn_tools.benchmark.search import ERROR, FITS, OOM, TIMEOUT, Trial, search_max_batch
 
 
 def _probe(fits: Callable[[int], bool], calls: List[int]) -> Callable[[int, float], Trial]:

@@ -10,7 +10,7 @@ import pytest
 
 HERE = osp.dirname(osp.abspath(__file__))
 REPO = osp.dirname(osp.dirname(HERE))
-for path in (osp.join(REPO, 'tools'), HERE):  # tools/_common.py, e2e_helpers.py
+for path in (osp.join(REPO, 'tools'), HERE):  # tools/actnn_tools/runner.py, e2e_helpers.py
     if path not in sys.path:
         sys.path.insert(0, path)
 
@@ -25,7 +25,7 @@ DATA = {
 @pytest.fixture(scope='session')
 def demo_cwd(tmp_path_factory) -> str:
     """A directory holding ``data/<dataset>`` for every demo config (made once per session)."""
-    from actnn_mm.datasets import make_demo_data
+    from actnn_tools.demo_data import make_demo_data
 
     cwd = str(tmp_path_factory.mktemp('e2e'))
     for kind, spec in DATA.items():

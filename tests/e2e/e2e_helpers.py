@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from actnn_mm.layers import TWINS
-from actnn_mm.memory import measure_saved_bytes
+from actnn_mm.saved_bytes import measure_saved_bytes
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = osp.join(REPO, 'configs/actnn/demo')
@@ -36,7 +36,7 @@ def short_schedule(iters: int = 2, validate: bool = True) -> Dict[str, Any]:
 
 def load_demo_config(name: str, work_dir: str, options: Optional[Dict[str, Any]] = None) -> Config:
     """The config as ``tools/train.py`` sees it (``actnn`` section turned into ``ActNNHook``)."""
-    from _common import load_config  # tools/ (on sys.path via conftest)
+    from actnn_tools.runner import load_config  # tools/ (on sys.path via conftest)
 
     path = name if osp.isfile(name) else osp.join(DEMO, f'{name}.py')
     return load_config(path, options, work_dir=work_dir)
@@ -97,7 +97,7 @@ def loss_forward(data: Dict[str, Any]):
 def saved_bytes_exact_vs_actnn(runner: Runner, cfg: Config) -> Tuple[int, int]:
     """Bytes autograd keeps for backward on one training batch: exact model vs ActNN model.
 
-    Same weights, same batch, same seed; counted by ``actnn_mm.memory.measure_saved_bytes``
+    Same weights, same batch, same seed; counted by ``actnn_mm.saved_bytes.measure_saved_bytes``
     (each storage once, parameters excluded, compressed objects by their ``nbytes``).
     """
     data = next(iter(runner.train_dataloader))

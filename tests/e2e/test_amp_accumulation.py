@@ -23,7 +23,7 @@ from mmengine.runner import Runner
 from torch import nn
 
 from actnn_mm.layers import TWINS
-from actnn_mm.memory import measure_saved_bytes
+from actnn_mm.saved_bytes import measure_saved_bytes
 
 
 @pytest.fixture

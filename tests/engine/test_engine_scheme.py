@@ -10,7 +10,7 @@ import torch
 from actnn_mm.engine import (BitAllocator, CompressedTensor, CompressionConfig, LayerScheme,
                              Swapper, allocate_layers, allocate_per_sample, compress, decompress,
                              enable_expandable_segments, variance_bound)
-from actnn_mm.engine.allocation import level_weights
+from actnn_mm.engine.bit_solver import level_weights
 
 
 def _acts(n=16, c=8, hw=16, spread=2.0, seed=0):

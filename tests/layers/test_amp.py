@@ -11,7 +11,7 @@ from torch import nn
 
 from actnn_mm.engine import CompressedTensor, CompressionConfig
 from actnn_mm.layers import QLAYERS
-from actnn_mm.memory import SavedBytesCounter
+from actnn_mm.saved_bytes import SavedBytesCounter
 
 L0 = CompressionConfig.from_level('L0')
 L3 = CompressionConfig.from_level('L3', min_numel=0)

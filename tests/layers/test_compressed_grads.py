@@ -22,7 +22,7 @@ from torch import nn
 
 from actnn_mm.engine import CompressedTensor, CompressionConfig
 from actnn_mm.layers import QLAYERS
-from actnn_mm.memory import SavedBytesCounter
+from actnn_mm.saved_bytes import SavedBytesCounter
 
 SEEDS = 24
 LEVELS = {

@@ -10,7 +10,7 @@ from torch import nn
 from actnn_mm.engine import CompressedTensor, CompressionConfig, PackedIndex, PackedMask
 from actnn_mm.layers import (QAvgPool2d, QBatchNorm2d, QConv2d, QDropout, QGELU, QLeakyReLU,
                              QLinear, QMaxPool2d, QReLU, QSiLU)
-from actnn_mm.memory import SavedBytesCounter
+from actnn_mm.saved_bytes import SavedBytesCounter
 
 L3 = CompressionConfig.from_level('L3', min_numel=0)
 

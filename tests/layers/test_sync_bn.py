@@ -16,7 +16,7 @@ from torch import nn
 
 from actnn_mm.engine import CompressionConfig
 from actnn_mm.layers import QSyncBatchNorm
-from actnn_mm.layers._common import get_scheme
+from actnn_mm.layers._qlayer import get_scheme
 from actnn_mm.layers.norm import _SyncBatchNormFunction
 
 

@@ -22,7 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import actnn_mm  # noqa: F401
 from actnn_mm.layers import TWINS
-from actnn_mm.memory import measure_saved_bytes
+from actnn_mm.saved_bytes import measure_saved_bytes
 
 
 class _Classifier(BaseModel):

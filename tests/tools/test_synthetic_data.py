@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from mmengine.registry import DefaultScope
 
-from actnn_mm.datasets import (make_cityscapes, make_coco, make_imagenet, missing_data,
+from actnn_tools.demo_data import (make_cityscapes, make_coco, make_imagenet, missing_data,
                                missing_data_message)
-from actnn_mm.datasets import cityscapes as cs_mod
-from actnn_mm.datasets import coco as coco_mod
+from actnn_tools.demo_data import cityscapes as cs_mod
+from actnn_tools.demo_data import coco as coco_mod
 
 SIZE = (96, 128)
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import List, Optional
 
-from ..engine.config import LEVELS
+from actnn_mm.engine.config import LEVELS
 
 __all__ = ['Method', 'parse_method', 'DEFAULT_METHODS', 'DEFAULT_SEGMENTS']
 

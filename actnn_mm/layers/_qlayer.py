@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Tuple, Type
 import torch
 from torch import Tensor, nn
 
-from .. import memory, saved_tensors
+from .. import saved_bytes, saved_tensors
 from ..engine import CompressionConfig, LayerScheme, get_default_config
 
 __all__ = ['AmpFunction', 'compress_active', 'inplace_on_leaf', 'get_scheme', 'save_input',
@@ -81,7 +81,7 @@ def pack_activation(x: Tensor, scheme: LayerScheme, owner: Any = None,
     packed = saved_tensors.share(x, scheme, exact=scheme_is_exact(scheme, x), owner=owner,
                                  regroup=regroup)
     if packed is not x:
-        memory.record(packed.packed)
+        saved_bytes.record(packed.packed)
     return packed
 
 

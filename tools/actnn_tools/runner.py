@@ -12,7 +12,7 @@ import subprocess
 import sys
 from typing import Optional, Sequence
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 if REPO_ROOT not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, REPO_ROOT)
 
@@ -23,7 +23,7 @@ from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import actnn_mm  # noqa: E402,F401  (registrations and stack compat fixes)
-from actnn_mm.datasets import missing_data, missing_data_message  # noqa: E402
+from actnn_tools.demo_data import missing_data, missing_data_message  # noqa: E402
 
 
 def setup_cache_size_limit_of_dynamo() -> None:

@@ -6,7 +6,7 @@ Peak is ``torch.cuda.max_memory_allocated`` over the iterations after warm-up (s
 so cudnn.benchmark's algorithm search in the first iteration does not count).
 nvidia-smi is never used: it shows the caching allocator's reserve, not what training needs.
 On CPU there is no allocator to ask, so the figure is the bytes autograd keeps for backward,
-counted by :class:`actnn_mm.memory.SavedBytesCounter` (also reported on CUDA as a cross-check).
+counted by :class:`actnn_mm.saved_bytes.SavedBytesCounter` (also reported on CUDA as a cross-check).
 Throughput: batch / median seconds of the timed iterations (after warm-up, synchronised).
 """
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any, Callable, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..convert import convert
-from ..engine import BitAllocator, CompressionConfig
-from ..memory import SavedBytesCounter
+from actnn_mm.conversion import convert
+from actnn_mm.engine import BitAllocator, CompressionConfig
+from actnn_mm.saved_bytes import SavedBytesCounter
 from .methods import Method, parse_method
 from .workloads import Workload, build_workload
 
@@ -122,7 +122,7 @@ def _settled_allocated(device: torch.device) -> int:
 def _avg_bits(alloc: Optional[BitAllocator]) -> Optional[float]:
     if alloc is None:
         return None
-    from ..mm.stats import average_bits
+    from actnn_mm.mm.stats import average_bits
     return round(average_bits(alloc.schemes, alloc.config), 3)
 
 

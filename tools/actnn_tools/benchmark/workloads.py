@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 
-from .. import memory
+from actnn_mm import saved_bytes
 
 __all__ = ['Workload', 'ResNet50Workload', 'FasterRCNNWorkload', 'WORKLOADS', 'build_workload',
            'default_image_size', 'default_batch']
@@ -43,7 +43,7 @@ def _record_input(module: nn.Module, args: Any) -> None:
     saved-tensor hooks, so the CPU counter would not see it otherwise.
     """
     if args and isinstance(args[0], Tensor):
-        memory.record(args[0])
+        saved_bytes.record(args[0])
 
 
 class _CheckpointBlock(nn.Module):
@@ -54,7 +54,7 @@ class _CheckpointBlock(nn.Module):
         self.block = block
 
     def forward(self, x: Tensor) -> Tensor:
-        memory.record(x)
+        saved_bytes.record(x)
         if not (self.training and torch.is_grad_enabled()):
             return self.block(x)
         return checkpoint(self.block, x, use_reentrant=False)

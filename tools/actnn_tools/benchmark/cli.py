@@ -23,7 +23,10 @@ from .workloads import WORKLOADS, default_batch, default_image_size
 __all__ = ['main', 'build_parser']
 
 TRIAL_TAG = 'TRIAL_RESULT '
-_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: What a trial subprocess needs on its path: ``tools/`` (this package) and the repository root
+#: (``actnn_mm`` in a checkout that is not installed).
+_TOOLS_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_TRIAL_PATH = (_TOOLS_DIR, os.path.dirname(_TOOLS_DIR))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,7 +148,7 @@ def _trial_cmd(args: argparse.Namespace, method: str, batch: int) -> List[str]:
         iters = max(1, iters)  # two steps at least: the optimizer state counts in the peak
     elif iters == 0:
         warmup = 0  # CPU, emulated cap: the counted forward alone decides
-    cmd = [sys.executable, '-m', 'actnn_mm.benchmark.cli', '--trial', '--model', args.model,
+    cmd = [sys.executable, '-m', 'actnn_tools.benchmark.cli', '--trial', '--model', args.model,
            '--methods', method, '--batch', str(batch), '--image-size',
            *map(str, args.image_size), '--iters', str(iters), '--warmup', str(warmup),
            '--device', args.device]
@@ -159,7 +162,7 @@ def _trial_cmd(args: argparse.Namespace, method: str, batch: int) -> List[str]:
 def _probe(args: argparse.Namespace, method: str, log) -> Any:
     def probe(batch: int, seconds_left: float) -> Trial:
         env = dict(os.environ)
-        env['PYTHONPATH'] = os.pathsep.join(p for p in (_PKG_PARENT, env.get('PYTHONPATH')) if p)
+        env['PYTHONPATH'] = os.pathsep.join(p for p in (*_TRIAL_PATH, env.get('PYTHONPATH')) if p)
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(_trial_cmd(args, method, batch), env=env, capture_output=True,

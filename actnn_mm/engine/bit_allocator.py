@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .allocation import allocate_layers
+from .bit_solver import allocate_layers
 from .config import CompressionConfig
 from .scheme import LayerScheme
 
