@@ -8,13 +8,16 @@ everywhere; L3 2 bits on average with per-sample and per-layer mixed precision; 
 compressed activations swapped to pinned host memory; L5 = L4 + the CUDA caching allocator's
 ``expandable_segments`` (what replaces the original's patched-PyTorch defragmentation).
 Every knob can be overridden on its own: ``CompressionConfig.from_level('L3', bits=3, swap=True)``.
+
+A config is immutable (a frozen dataclass, compared and hashed by value) so that a layer, a
+saved-tensor context and a bit allocator holding the same config can never disagree about it;
+``replace`` makes changed copies, ``to_dict``/``from_dict`` carry it through checkpoints.
 """
 from __future__ import annotations
 
-import dataclasses
 import threading
-from dataclasses import dataclass, fields
-from typing import Any, Dict, Optional, Union
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Union
 
 from .layout import MAX_GROUP_SIZE
 
@@ -34,11 +37,24 @@ LEVEL_DEFAULTS: Dict[str, Dict[str, Any]] = {
     'L4': dict(_L3, swap=True),
     'L5': dict(_L3, swap=True, defrag=True),
 }
+#: Fields whose value comes from the level unless given explicitly.
+LEVEL_FIELDS = tuple(_L3)
+#: Version of the :meth:`CompressionConfig.to_dict` format (checked by ``from_dict``).
+DICT_VERSION = 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class CompressionConfig:
-    """Compression settings. Fields left ``None`` take the value of ``level``.
+    """Compression settings (immutable). Fields left ``None`` take the value of ``level``.
+
+    Explicit vs level defaults: each of :data:`LEVEL_FIELDS` (``enabled``, ``bits``,
+    ``per_sample``, ``per_layer``, ``swap``, ``defrag``, ``compress_norm``) is *explicit* when it
+    was given a value (not ``None``) to the constructor, ``from_level``, ``replace`` or
+    ``from_dict``, and a *level default* otherwise; ``explicit_fields`` lists them. The other
+    fields do not depend on the level. ``replace(level=...)`` re-applies the new level's defaults
+    to the level-default fields only: explicit fields and the level-independent ones keep their
+    values. Equality and hashing compare the settings alone (what compression does), not which
+    of them were explicit.
 
     bits: uniform bits (1, 2, 4, 8; 16/32 = exact) without mixed precision, else the average
         bits (a number in [1, 8]) that per-sample / per-layer allocation keeps.
@@ -66,14 +82,22 @@ class CompressionConfig:
     realloc_interval: int = 100
     min_bits: int = 1
     max_bits: int = 8
+    _explicit: FrozenSet[str] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
             raise ValueError(f'level must be one of {LEVELS}, got {self.level!r}')
+        explicit = frozenset(n for n in LEVEL_FIELDS if getattr(self, n) is not None)
+        object.__setattr__(self, '_explicit', explicit)
         for name, value in LEVEL_DEFAULTS[self.level].items():
             if getattr(self, name) is None:
-                setattr(self, name, value)
+                object.__setattr__(self, name, value)
         self.validate()
+
+    @property
+    def explicit_fields(self) -> FrozenSet[str]:
+        """The :data:`LEVEL_FIELDS` given explicitly (the others are the level's defaults)."""
+        return self._explicit
 
     @property
     def mixed(self) -> bool:
@@ -91,7 +115,8 @@ class CompressionConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f'{name} must be an int >= {lo}, got {v!r}')
         gs = self.group_size
-        if isinstance(gs, bool) or not isinstance(gs, int) or not 8 <= gs <= MAX_GROUP_SIZE or gs % 8:
+        if isinstance(gs, bool) or not isinstance(gs, int) or not 8 <= gs <= MAX_GROUP_SIZE \
+                or gs % 8:
             raise ValueError(f'group_size must be a multiple of 8 in [8, {MAX_GROUP_SIZE}], '
                              f'got {gs!r}')
         if not (isinstance(self.min_bits, int) and isinstance(self.max_bits, int)
@@ -112,20 +137,75 @@ class CompressionConfig:
                              f'(per_sample=per_layer=False), got {b!r}')
 
     @classmethod
+    def field_names(cls) -> tuple:
+        """Every settable field, ``level`` first."""
+        return tuple(f.name for f in fields(cls) if f.init)
+
+    @classmethod
+    def _check_names(cls, names: Any, what: str) -> None:
+        unknown = sorted(set(names) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(f'unknown CompressionConfig {what} {unknown}; valid fields: '
+                             f'{sorted(cls.field_names())}')
+
+    @classmethod
     def from_level(cls, level: str = 'L3', **overrides: Any) -> 'CompressionConfig':
         """The level's settings with any field overridden, e.g. ``from_level('L2', bits=8)``."""
-        names = {f.name for f in fields(cls)} - {'level'}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise ValueError(f'unknown CompressionConfig field(s) {unknown}; valid fields: '
-                             f'{sorted(names)}')
+        cls._check_names(overrides, 'field(s)')
+        overrides.pop('level', None)
         return cls(level=level, **overrides)
 
     def replace(self, **changes: Any) -> 'CompressionConfig':
-        """A copy with some fields changed (a new ``level`` re-applies that level's defaults)."""
-        if 'level' in changes and changes['level'] != self.level:
-            return CompressionConfig.from_level(changes.pop('level'), **changes)
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` applied (given fields become explicit; ``None`` returns a
+        level field to its level default). A new ``level`` re-applies that level's defaults to
+        the fields that were level defaults; explicit and level-independent fields are kept::
+
+            >>> c = CompressionConfig.from_level('L3', bits=3, group_size=128)
+            >>> c.replace(level='L4').bits, c.replace(level='L4').group_size
+            (3, 128)
+        """
+        self._check_names(changes, 'field(s)')
+        values = {n: getattr(self, n) for n in self.field_names()}
+        for name in LEVEL_FIELDS:
+            if name not in self._explicit:
+                values[name] = None  # re-derived from the (possibly new) level
+        values.update(changes)
+        return type(self)(**values)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Every setting, which of them were explicit and the format version: plain Python
+        values (a checkpoint's ``meta`` holds it under ``torch.load(weights_only=True)``)."""
+        out: Dict[str, Any] = {'version': DICT_VERSION}
+        out.update({n: getattr(self, n) for n in self.field_names()})
+        out['explicit'] = sorted(self._explicit)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> 'CompressionConfig':
+        """Inverse of :meth:`to_dict`; also takes a hand-written dict such as
+        ``dict(level='L3', bits=3)`` (the fields given are then the explicit ones).
+
+        A ``to_dict`` result comes back equal, with the same ``explicit_fields``, even if the
+        level's defaults have changed since: its settings are restored as stored.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f'CompressionConfig.from_dict needs a mapping, got '
+                             f'{type(data).__name__}')
+        data = dict(data)
+        version = data.pop('version', DICT_VERSION)
+        if not isinstance(version, int) or not 1 <= version <= DICT_VERSION:
+            raise ValueError(f'CompressionConfig dict version {version!r} is not supported '
+                             f'(this actnn_mm reads versions 1..{DICT_VERSION})')
+        explicit = data.pop('explicit', None)
+        cls._check_names(data, 'key(s)')
+        config = cls(**data)
+        if explicit is not None:
+            explicit = frozenset(explicit)
+            if not explicit <= set(LEVEL_FIELDS):
+                raise ValueError(f'CompressionConfig dict: explicit must name fields of '
+                                 f'{list(LEVEL_FIELDS)}, got {sorted(explicit)}')
+            object.__setattr__(config, '_explicit', explicit)
+        return config
 
     def uniform_bits(self) -> int:
         return int(self.bits)

@@ -4,7 +4,7 @@ Validated eagerly so that a typo fails when the runner is built, not hours into 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 from ..engine import CompressionConfig
@@ -25,7 +25,7 @@ class ActNNOptions:
 
 
 def valid_keys() -> Tuple[str, ...]:
-    config_fields = tuple(f.name for f in fields(CompressionConfig) if f.name != 'level')
+    config_fields = tuple(n for n in CompressionConfig.field_names() if n != 'level')
     return INTEGRATION_KEYS + config_fields
 
 
