@@ -6,11 +6,17 @@ before stays valid, ``.cuda()`` before or after both work, checkpoints load into
 MoCo's EMA (buffers paired by position) is unaffected. Only plain attributes are added
 (``actnn_config``, ``actnn_name``, the scheme, and for mmcv wrappers the original class).
 
+:func:`convert` returns a :class:`Conversion`: the report of what changed and the handle that
+owns the model's bit allocator. The allocator steps itself at the end of every training backward
+through the model (:mod:`actnn_mm.auto_step`), so cross-layer mixed precision needs no call
+from the training loop.
+
 Example::
 
-    >>> report = convert(model, config=CompressionConfig.from_level('L3'))
-    >>> print(report)
-    >>> revert(model)
+    >>> conversion = convert(model, config=CompressionConfig.from_level('L3'))
+    >>> print(conversion)
+    >>> model(x).sum().backward()      # steps conversion.allocator
+    >>> conversion.revert()
 """
 from __future__ import annotations
 
@@ -24,11 +30,12 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Ty
 from torch import nn
 
 from . import saved_tensors as _st
+from .auto_step import install_auto_step, remove_auto_step
 from .engine import BitAllocator, CompressionConfig, get_default_config
 from .layers import NORM_LAYERS, QLAYERS, QLAYERS_BY_NAME, TWINS
 
-__all__ = ['convert', 'revert', 'is_converted', 'get_allocator', 'q_modules', 'ConversionReport',
-           'Filter']
+__all__ = ['convert', 'revert', 'is_converted', 'get_allocator', 'q_modules', 'Conversion',
+           'ConversionReport', 'Filter']
 
 Filter = Union[str, Type[nn.Module], Callable[[str, nn.Module], bool],
                Sequence[Union[str, Type[nn.Module], Callable[[str, nn.Module], bool]]]]
@@ -96,6 +103,47 @@ class ConversionReport:
         return '\n'.join(lines)
 
 
+@dataclass
+class Conversion(ConversionReport):
+    """What :func:`convert` returns: its report, and the owner of the model's bit allocator.
+
+    ``allocator`` is stepped by every training backward through the converted model (nothing to
+    call per iteration); ``state_dict``/``load_state_dict`` carry the config and the allocator's
+    solved bits through a checkpoint; ``revert()`` undoes the conversion.
+    """
+
+    config: Optional[CompressionConfig] = None
+    allocator: Optional[BitAllocator] = None
+    model: Optional[nn.Module] = field(default=None, repr=False, compare=False)
+
+    def revert(self) -> int:
+        """:func:`revert` the converted model; how many modules were reverted."""
+        if self.model is None:
+            raise RuntimeError('this Conversion has no model to revert (already reverted?)')
+        model, self.model = self.model, None
+        return revert(model)
+
+    def state_dict(self) -> dict:
+        """The config (``CompressionConfig.to_dict``) and the allocator's state."""
+        return {'config': self.config.to_dict(), 'allocator': self.allocator.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; a checkpoint of another config is refused, naming the
+        fields that differ (its solved bits would not apply)."""
+        saved = CompressionConfig.from_dict(state['config'])
+        if saved != self.config:
+            raise ValueError(f'checkpoint holds ActNN config {config_diff(saved, self.config)}; '
+                             'convert with that config to load its bit allocation')
+        self.allocator.load_state_dict(state.get('allocator', {}))
+
+
+def config_diff(saved: CompressionConfig, current: CompressionConfig) -> str:
+    """``'bits=3 (now 2), ...'``: the fields in which ``saved`` differs from ``current``."""
+    diffs = [f'{n}={getattr(saved, n)!r} (now {getattr(current, n)!r})'
+             for n in CompressionConfig.field_names() if getattr(saved, n) != getattr(current, n)]
+    return ', '.join(diffs) or 'the same settings'
+
+
 def _as_filters(spec: Optional[Filter]) -> Optional[List]:
     if spec is None:
         return None
@@ -160,37 +208,48 @@ def _functional_calls(model: nn.Module, saved_tensors: bool) -> List[str]:
     return notes
 
 
-def convert(model: nn.Module, config: Optional[CompressionConfig] = None, *,
+def convert(model: nn.Module, config: Union[CompressionConfig, str, None] = None, *,
             include: Optional[Filter] = None, exclude: Optional[Filter] = None,
             saved_tensors: bool = True,
-            allocator: Optional[BitAllocator] = None) -> ConversionReport:
-    """Swap supported modules of ``model`` to Q-layers in place; return a report.
+            allocator: Optional[BitAllocator] = None) -> Conversion:
+    """Swap supported modules of ``model`` to Q-layers in place; return the :class:`Conversion`.
 
     Args:
         model: converted in place (parameters, buffers and state_dict keys unchanged).
-        config: compression config bound to the converted modules (default: the process
-            default). Its level decides what converts: norms stay exact where the level does
-            not compress them (L1).
+        config: compression config bound to the converted modules, or a level name
+            (``'L3'``); default: the process default. Its level decides what converts: norms
+            stay exact where the level does not compress them (L1).
         include / exclude: module-name glob(s) (``'backbone.*'``), module type(s), or
             ``fn(name, module) -> bool``; ``include`` limits conversion to matches, ``exclude``
             removes matches.
         saved_tensors: also compress, through saved-tensor hooks around ``model``'s forward,
             every other activation autograd saves (functional calls, attention, ...).
         allocator: the :class:`~actnn_mm.engine.BitAllocator` (same ``config``) the layers'
-            schemes register with; default: the model's own (made on first conversion, see
-            :func:`get_allocator`).
+            schemes register with, to share one across several converted parts; default: the
+            model's own (made on first conversion, see :func:`get_allocator`). Either way every
+            training backward through ``model`` steps it once: never call ``step()`` yourself.
 
     Converting twice is a no-op; unsupported modules are reported, never an error. Q-layers
     built directly (e.g. from ``conv_cfg=dict(type='QConv2d')``) that have no config yet adopt
     ``config`` and the model's bit allocator.
     """
     cfg = config if config is not None else get_default_config()
-    level = str(getattr(cfg, 'level', '?'))
-    if allocator is None:
+    if isinstance(cfg, str):
+        cfg = CompressionConfig.from_level(cfg)
+    if not isinstance(cfg, CompressionConfig):
+        raise ValueError(f'convert: config must be a CompressionConfig or a level name, got '
+                         f'{type(cfg).__name__}')
+    level = cfg.level
+    if allocator is not None:
+        if not isinstance(allocator, BitAllocator) or allocator.config != cfg:
+            raise ValueError(f'convert: allocator must be a BitAllocator of the same config '
+                             f'({cfg}), got {allocator!r}')
+    else:
         allocator = get_allocator(model)
-    if allocator is None or allocator.config is not cfg:
-        allocator = BitAllocator(cfg)
-    report = ConversionReport(level=level, saved_tensors=saved_tensors)
+        if allocator is None or allocator.config != cfg:  # first conversion, or a new config
+            allocator = BitAllocator(cfg)
+    report = Conversion(level=level, saved_tensors=saved_tensors, config=cfg,
+                        allocator=allocator, model=model)
     inc, exc = _as_filters(include), _as_filters(exclude)
     for name, module in model.named_modules():
         cls = type(module)
@@ -215,8 +274,7 @@ def convert(model: nn.Module, config: Optional[CompressionConfig] = None, *,
             report.skipped.append((name, cls.__name__, 'excluded by include/exclude: ' +
                                    _covered(saved_tensors)))
             continue
-        if q_cls in NORM_LAYERS and getattr(cfg, 'enabled', True) and \
-                not getattr(cfg, 'compress_norm', True):
+        if q_cls in NORM_LAYERS and cfg.enabled and not cfg.compress_norm:
             report.skipped.append((name, cls.__name__, f'level {level} keeps normalization '
                                    'exact'))
             _st.keep_exact(module)  # and saved-tensor compression must not compress it either
@@ -230,6 +288,7 @@ def convert(model: nn.Module, config: Optional[CompressionConfig] = None, *,
         module.__dict__.pop('actnn_scheme', None)
         report.converted.append((name, cls.__name__, q_cls.__name__))
     _MODEL_ALLOCATORS[model] = allocator
+    install_auto_step(model, allocator)
     if saved_tensors:
         _st.install(model, cfg, allocator=allocator)
     report.functional = _functional_calls(model, saved_tensors)
@@ -238,10 +297,12 @@ def convert(model: nn.Module, config: Optional[CompressionConfig] = None, *,
 
 def revert(model: nn.Module) -> int:
     """Turn every Q-layer of ``model`` back into its torch class (or original mmcv wrapper) and
-    remove saved-tensor compression; returns how many modules were reverted."""
+    remove saved-tensor compression and allocator stepping; returns how many modules were
+    reverted."""
     n = 0
     for module in model.modules():
         _st.uninstall(module)
+        remove_auto_step(module)
         q_cls = type(module)
         if q_cls not in TWINS:
             continue
@@ -255,8 +316,8 @@ def revert(model: nn.Module) -> int:
 
 
 def get_allocator(model: nn.Module) -> Optional[BitAllocator]:
-    """The :class:`~actnn_mm.engine.BitAllocator` :func:`convert` made for ``model`` (call its
-    ``step()`` once per iteration for cross-layer mixed precision), or None."""
+    """The :class:`~actnn_mm.engine.BitAllocator` :func:`convert` gave ``model`` (stepped by
+    every training backward through it), or None."""
     return _MODEL_ALLOCATORS.get(model)
 
 

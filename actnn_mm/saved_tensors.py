@@ -258,7 +258,7 @@ class compress_saved_tensors(ContextDecorator):
         self.min_numel = min_numel
         self.allocator = allocator
         self._modules = list(modules) if modules is not None else None
-        self._schemes: Dict[Tuple[int, Any], LayerScheme] = {}
+        self._schemes: Dict[Tuple[int, CompressionConfig], LayerScheme] = {}
         self._local = threading.local()
 
     # -- pickling / deepcopy (contexts ride along in module hooks) -----------------------------
@@ -319,11 +319,11 @@ class compress_saved_tensors(ContextDecorator):
         local = self._local
         site = local.site
         local.site += 1
-        key = (site, id(local.cfg))
+        key = (site, local.cfg)
         scheme = self._schemes.get(key)
-        if scheme is None or scheme.config is not local.cfg:
+        if scheme is None or scheme.config != local.cfg:
             alloc = self.allocator
-            if alloc is not None and getattr(alloc, 'config', None) is not local.cfg:
+            if alloc is not None and getattr(alloc, 'config', None) != local.cfg:
                 alloc = None
             scheme = LayerScheme(local.cfg, kind='generic', name=f'saved[{site}]',
                                  allocator=alloc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -225,15 +226,82 @@ def test_deepcopy_keeps_buffers_paired_by_position() -> None:
 
 def test_bit_allocator_collects_the_schemes() -> None:
     model = _resnet()
-    convert(model, L3)
+    conversion = convert(model, L3)
     alloc = get_allocator(model)
-    assert isinstance(alloc, BitAllocator)
+    assert isinstance(alloc, BitAllocator) and conversion.allocator is alloc
     model(_x()).sum().backward()
     names = set(alloc.layer_bits())
     assert {'conv1', 'bn1', 'layer4.1.conv2', 'fc'} <= names
-    assert alloc.step()  # first step solves
+    assert alloc.steps == 1 and alloc.solves == 1  # the backward stepped it: first step solves
     bits = list(alloc.layer_bits().values())
     assert min(bits) >= 1 and max(bits) <= 8
+
+
+def test_mixed_precision_needs_no_call_from_the_training_loop() -> None:
+    """convert() alone, then a plain loop: every backward steps the allocator, so the bits are
+    solved across layers (before, only ActNNHook stepped it and they stayed at 2 forever)."""
+    model = _resnet()
+    alloc = convert(model, L3.replace(realloc_interval=2)).allocator
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(4):
+        opt.zero_grad()
+        F.cross_entropy(model(_x()), torch.tensor([1, 2])).backward()
+        opt.step()
+    assert alloc.steps == 4 and alloc.solves == 3  # steps 1, 2 and 4 solve
+    bits = alloc.layer_bits()
+    assert len(set(bits.values())) > 1, bits  # mixed precision: layers differ
+    with torch.no_grad():  # neither eval nor no-grad forwards count
+        model(_x())
+    model.eval()
+    model(_x()).sum().backward()
+    assert alloc.steps == 4
+
+
+def test_parts_sharing_an_allocator_step_it_once_per_backward() -> None:
+    model = _resnet()
+    alloc = BitAllocator(L3)
+    convert(model.layer1, L3, allocator=alloc)
+    convert(model.layer2, L3, allocator=alloc)
+    y = model(_x())
+    (y.sum() + model(_x()).sum()).backward()  # two forwards, one backward
+    assert alloc.steps == 1
+    model(_x()).sum().backward()
+    assert alloc.steps == 2
+    with pytest.raises(ValueError, match='allocator must be a BitAllocator of the same config'):
+        convert(model.layer3, L0, allocator=alloc)
+
+
+def test_revert_stops_the_stepping_and_the_handle_reverts() -> None:
+    model = _resnet()
+    conversion = convert(model, L3)
+    conversion.revert()
+    assert not is_converted(model)
+    model(_x()).sum().backward()
+    assert conversion.allocator.steps == 0
+    with pytest.raises(RuntimeError, match='already reverted'):
+        conversion.revert()
+
+
+def test_conversion_state_dict_carries_config_and_bits() -> None:
+    cfg = L3.replace(bits=3, group_size=128)
+    model = _resnet()
+    conversion = convert(model, cfg)
+    model(_x()).sum().backward()
+    state = conversion.state_dict()
+    assert CompressionConfig.from_dict(state['config']) == cfg
+    other = _resnet()
+    again = convert(other, cfg)
+    again.load_state_dict(state)
+    other(_x()).sum().backward()  # schemes built now get the loaded bits
+    assert again.allocator.layer_bits()['conv1'] == conversion.allocator.layer_bits()['conv1']
+    with pytest.raises(ValueError, match=r'bits=3 \(now 2\)'):
+        convert(_resnet(), L3).load_state_dict(state)
+
+
+def test_convert_takes_a_level_name_and_rejects_other_configs() -> None:
+    assert convert(_resnet(), 'L2').config == CompressionConfig.from_level('L2')
+    with pytest.raises(ValueError, match='config must be a CompressionConfig or a level name'):
+        convert(_resnet(), dict(level='L3'))
 
 
 @pytest.mark.parametrize('when', ['before', 'after'])
@@ -290,6 +358,7 @@ def test_mmengine_reverted_sync_bn_converts_and_reverts() -> None:
     pytest.importorskip('mmengine')
     from mmengine.model import revert_sync_batchnorm
     from mmengine.model.utils import _BatchNormXd
+
     from actnn_mm.layers import QBatchNormXd
     ref = nn.Sequential(nn.Conv2d(3, 8, 3), nn.SyncBatchNorm(8), nn.ReLU())
     ref = revert_sync_batchnorm(ref)

@@ -55,14 +55,14 @@ def module_config(module: nn.Module) -> CompressionConfig:
 
 
 def get_scheme(module: nn.Module, kind: str, kernel_area: int = 1, groups: int = 1) -> LayerScheme:
-    """The module's :class:`LayerScheme`, rebuilt when its config object changes; registered with
+    """The module's :class:`LayerScheme`, rebuilt when its config changes; registered with
     the module's ``actnn_allocator`` (set by :func:`actnn_mm.convert`) for cross-layer bits."""
     cfg = module_config(module)
     scheme = module.__dict__.get('actnn_scheme')
-    if scheme is None or getattr(scheme, 'config', None) is not cfg:
+    if scheme is None or getattr(scheme, 'config', None) != cfg:
         name = module.__dict__.get('actnn_name') or type(module).__name__
         allocator = module.__dict__.get('actnn_allocator')
-        if allocator is not None and getattr(allocator, 'config', None) is not cfg:
+        if allocator is not None and getattr(allocator, 'config', None) != cfg:
             allocator = None
         scheme = LayerScheme(cfg, kind=kind, kernel_area=kernel_area, groups=groups, name=name,
                              allocator=allocator)

@@ -13,14 +13,17 @@ SyncBN handling also means QBN/QSyncBN are what train, whatever the runner did t
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 from mmengine.hooks import Hook
+from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from torch import nn
 
+from ..conversion import config_diff, convert
 from ..engine import BitAllocator, CompressionConfig, LayerScheme
 from ..engine.config import LEVELS
 from .options import ActNNOptions, parse_options
@@ -56,7 +59,11 @@ class ActNNHook(Hook):
                  saved_tensors=saved_tensors, log_interval=log_interval, **config),
             where='ActNNHook')
         self.config: CompressionConfig = self.options.compression
+        # One allocator for every part; each part's conversion steps it from the backward.
         self.allocator = BitAllocator(self.config)
+        #: The config read from the last checkpoint loaded (None before, or for a checkpoint
+        #: written without ActNN); a level name alone for checkpoints that held only that.
+        self.checkpoint_config: Optional[CompressionConfig] = None
         self.reports: Dict[str, Any] = {}
         self._stats = IterationStats()
         self._model: Optional[nn.Module] = None
@@ -70,11 +77,9 @@ class ActNNHook(Hook):
 
     def convert(self, model: nn.Module, logger: Any = None) -> Dict[str, Any]:
         """Convert the configured parts of ``model`` (idempotent); returns reports by part."""
-        from ..conversion import convert
-
         opts = self.options
         for name, part in resolve_parts(model, opts.parts):
-            # The hook's allocator: it is the one stepped (and checkpointed) every iteration.
+            # The hook's allocator, shared by the parts: stepped once per backward, checkpointed.
             report = convert(part, self.config, include=opts.include, exclude=opts.exclude,
                              saved_tensors=opts.saved_tensors, allocator=self.allocator)
             self.reports[name] = report
@@ -91,7 +96,7 @@ class ActNNHook(Hook):
 
     def _register_schemes(self) -> None:
         for scheme in schemes_of(self._parts()):
-            if scheme.allocator is None and scheme.config is self.config:
+            if scheme.allocator is None and scheme.config == self.config:
                 self.allocator.register(scheme)
 
     # -- training ---------------------------------------------------------------------------
@@ -107,9 +112,9 @@ class ActNNHook(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch: Any = None,
                          outputs: Any = None) -> None:
-        # Schemes are created lazily by the layers' first forward: adopt the new ones.
+        # Schemes are created lazily by the layers' first forward: adopt the new ones. The
+        # allocator itself was stepped by the backward (actnn_mm.auto_step), as without a hook.
         self._register_schemes()
-        self.allocator.step()
         kept = self._stats.stop()
         if kept is not None:
             hub = runner.message_hub
@@ -120,16 +125,36 @@ class ActNNHook(Hook):
     def after_run(self, runner) -> None:
         self._stats.stop()
 
-    # -- checkpoints: the allocator's state and torch's RNG travel with --resume -------------
+    # -- checkpoints: the config, the allocator's state and torch's RNG travel with --resume --
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint.setdefault('meta', {})['actnn'] = dict(
-            level=self.config.level, allocator=self.allocator.state_dict(), rng=rng_state())
+            config=self.config.to_dict(), level=self.config.level,
+            allocator=self.allocator.state_dict(), rng=rng_state())
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Read the checkpoint's ActNN state. The run's own config (this hook's) is what trains;
+        the allocator's solved bits are restored only when the checkpoint's config is the same
+        (older checkpoints hold only the level: then the level must match), else a warning
+        names the fields that differ and the bits are solved afresh."""
         state = checkpoint.get('meta', {}).get('actnn')
-        if state:
+        if not state:
+            return
+        if 'config' in state:
+            saved = CompressionConfig.from_dict(state['config'])
+            same = saved == self.config
+            what = config_diff(saved, self.config)
+        else:  # written before the whole config travelled: only its level is known
+            saved = CompressionConfig.from_level(state.get('level', self.config.level))
+            same = saved.level == self.config.level
+            what = f'level={saved.level!r} (now {self.config.level!r})'
+        self.checkpoint_config = saved
+        if same:
             self.allocator.load_state_dict(state.get('allocator', {}))
-            self._resume_rng = (checkpoint['meta'].get('iter'), state.get('rng'))
+        else:
+            print_log(f'ActNN: the checkpoint was trained with {what}; training goes on with '
+                      'this run\'s config and solves its bit allocation afresh',
+                      logger='current', level=logging.WARNING)
+        self._resume_rng = (checkpoint['meta'].get('iter'), state.get('rng'))
 
     def before_train(self, runner) -> None:
         """After a resume, continue torch's random stream where the checkpoint left it.

@@ -25,6 +25,7 @@ from torch import Tensor
 from actnn_mm.conversion import convert
 from actnn_mm.engine import BitAllocator, CompressionConfig
 from actnn_mm.saved_bytes import SavedBytesCounter
+
 from .methods import Method, parse_method
 from .workloads import Workload, build_workload
 
@@ -182,10 +183,8 @@ def _run(res: ConfigResult, method: Method, model: str, batch: int, image_size: 
 
     def finish(loss: Tensor) -> None:
         losses.append(loss.detach())
-        loss.backward()
+        loss.backward()  # steps the bit allocator (actnn_mm.auto_step)
         opt.step()
-        if alloc is not None:
-            alloc.step()
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
