@@ -8,21 +8,25 @@
 2. trains ``configs/actnn/demo/faster_rcnn_r50_fpn_demo.py`` for ``--iters`` iterations;
 3. evaluates COCO bbox mAP on the synthetic val split and prints it;
 4. on one training batch, measures the bytes of activations that autograd saves for backward,
-   for the exact model and for its ActNN-compressed copy at ``--level``, and prints the saving.
+   for the trained weights in the model built without ActNN (exact) and converted at
+   ``--level`` like the config says, and prints both and their ratio.
 """
 import argparse
-import copy
 import os.path as osp
 import sys
 import time
-from typing import Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
-from actnn_tools.runner import REPO_ROOT, build_runner, load_config
+from mmengine.config import Config
 from mmengine.hooks import Hook
+from mmengine.registry import MODELS, DefaultScope
 from mmengine.runner import Runner
 
+from actnn_mm import LEVELS, ActNNHook, is_converted, measure_saved_bytes
+from actnn_mm.mm.config_section import HOOK_TYPES
 from actnn_tools.demo_data import make_demo_data
+from actnn_tools.runner import REPO_ROOT, build_runner, load_config
 
 DEMO_CONFIG = osp.join(REPO_ROOT, 'configs/actnn/demo/faster_rcnn_r50_fpn_demo.py')
 
@@ -35,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--work-dir', default='work_dirs/demo', help='logs and checkpoints')
     parser.add_argument('--data-root', default='data/coco',
                         help='synthetic COCO folder (made here if missing)')
-    parser.add_argument('--level', default='L3',
+    parser.add_argument('--level', default='L3', choices=LEVELS,
                         help='ActNN optimisation level for the memory comparison')
     parser.add_argument('--config', default=DEMO_CONFIG, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -69,25 +73,6 @@ def demo_config(args: argparse.Namespace):
 
 
 # --- saved-activation accounting -------------------------------------------------------------
-def _fallback_saved_bytes(run: Callable[[], object]) -> int:
-    """Bytes of distinct non-parameter tensors autograd saves while ``run()`` builds its graph.
-
-    Used only where ``actnn_mm.saved_bytes`` is unavailable (it also counts compressed objects).
-    """
-    seen: Dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if not (t.is_leaf and t.requires_grad):  # parameters are not activations
-            storage = t.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = run()
-    del out
-    return sum(seen.values())
-
-
 def saved_activation_bytes(model: torch.nn.Module, batch: dict) -> int:
     """Bytes kept for backward by one training step (loss forward) of ``model`` on ``batch``."""
     model.train()
@@ -97,44 +82,59 @@ def saved_activation_bytes(model: torch.nn.Module, batch: dict) -> int:
     def forward(m: torch.nn.Module, d: dict):
         return m._run_forward(d, mode='loss')
 
-    try:
-        from actnn_mm.saved_bytes import measure_saved_bytes
-    except ImportError:
-        return _fallback_saved_bytes(lambda: forward(model, data))
     return measure_saved_bytes(model, data, forward=forward).total
 
 
-def actnn_copy(model: torch.nn.Module, level: str) -> Optional[torch.nn.Module]:
-    """``model`` converted in place to ActNN at ``level``; None where actnn_mm has no
-    ``convert`` yet."""
-    try:
-        from actnn_mm.conversion import convert
-        from actnn_mm.engine import CompressionConfig
-    except ImportError:
-        return None
-    report = convert(model, config=CompressionConfig.from_level(level))
-    print('  ' + str(report).splitlines()[0])
+def actnn_options(cfg: Config, level: str) -> Dict[str, Any]:
+    """The config's ``ActNNHook`` options (its parts, include/exclude...) at ``level``; the
+    whole model where the config has no hook."""
+    hook = next((h for h in cfg.get('custom_hooks', None) or []
+                 if isinstance(h, dict) and h.get('type') in HOOK_TYPES), None)
+    options = {k: v for k, v in (hook or dict(parts=['model'])).items() if k != 'type'}
+    options['level'] = level
+    return options
+
+
+def fresh_model(cfg: Config, state_dict: Dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The config's model built afresh, never converted, holding ``state_dict``'s weights."""
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):
+        model = MODELS.build(cfg.model)
+    model.load_state_dict(state_dict)
     return model
 
 
-def report_memory(runner: Runner, level: str) -> Dict[str, int]:
-    """Print (and return) the saved-activation bytes of the exact and the ActNN model."""
+def compare_saved_bytes(cfg: Config, state_dict: Dict[str, torch.Tensor], batch: dict,
+                        level: str) -> Dict[str, int]:
+    """Saved-activation bytes of one training batch: the exact model (built without ActNN)
+    and the same weights converted at ``level`` as the config's ActNN options say."""
+    exact_model = fresh_model(cfg, state_dict)
+    if is_converted(exact_model):  # e.g. Q-layers named in the config's model itself
+        raise ValueError('demo: the exact reference came out converted; the config builds '
+                         'Q-layers, so it has no exact model to compare with')
+    exact = saved_activation_bytes(exact_model, batch)
+    del exact_model
+    model = fresh_model(cfg, state_dict)
+    hook = ActNNHook(**actnn_options(cfg, level))
+    reports = hook.convert(model)
+    converted = sum(r.num_converted for r in reports.values())
+    compressed = saved_activation_bytes(model, batch)
+    return dict(exact=exact, compressed=compressed, converted=converted)
+
+
+def report_memory(runner: Runner, cfg: Config, level: str) -> Dict[str, int]:
+    """Print (and return) the saved-activation bytes of the exact and the ActNN model, both
+    holding the trained weights."""
     batch = next(iter(runner.train_dataloader))
     model = runner.model.module if hasattr(runner.model, 'module') else runner.model
-    exact = saved_activation_bytes(copy.deepcopy(model), batch)
-    result = dict(exact=exact)
-    print(f'Saved activations for backward, one training batch ({len(batch["inputs"])} images):')
-    print(f'  exact       : {exact / 2**20:9.2f} MiB ({exact} bytes)')
-    compressed_model = actnn_copy(copy.deepcopy(model), level)
-    if compressed_model is None:
-        print(f'  ActNN {level}    : not measured: actnn_mm.convert is not available in this '
-              'checkout, so there is nothing to compare against yet.')
-        return result
-    compressed = saved_activation_bytes(compressed_model, batch)
-    result['compressed'] = compressed
-    print(f'  ActNN {level}    : {compressed / 2**20:9.2f} MiB ({compressed} bytes)')
-    print(f'  compression removed {exact - compressed} bytes of saved activations '
-          f'({exact / max(compressed, 1):.1f}x smaller)')
+    result = compare_saved_bytes(cfg, model.state_dict(), batch, level)
+    exact, compressed = result['exact'], result['compressed']
+    print(f'Saved activations for backward, one training batch ({len(batch["inputs"])} images), '
+          'trained weights:')
+    print(f'  exact (no ActNN): {exact / 2**20:9.2f} MiB ({exact} bytes)')
+    print(f'  ActNN {level:<10}: {compressed / 2**20:9.2f} MiB ({compressed} bytes; '
+          f'{result["converted"]} modules converted)')
+    print(f'  ActNN {level} keeps {exact / compressed:.1f}x fewer bytes of saved activations '
+          f'({exact - compressed} bytes less)')
     return result
 
 
@@ -147,7 +147,8 @@ def main(argv=None) -> None:
         sys.exit(f'demo: {e}. Pass --data-root with another folder.')
     print(f'[demo] synthetic COCO in {root}: {"made" if written else "already there"}')
 
-    runner = build_runner(demo_config(args))
+    cfg = demo_config(args)
+    runner = build_runner(cfg)
     keep = _KeepMetrics()
     runner.register_hook(keep)
     runner.train()
@@ -161,7 +162,7 @@ def main(argv=None) -> None:
               f'(mAP@0.5: {keep.metrics.get("coco/bbox_mAP_50", float("nan")):.4f})')
     else:
         print('COCO bbox mAP: not computed (no validation ran)')
-    report_memory(runner, args.level)
+    report_memory(runner, cfg, args.level)
     print(f'Total wall time: {time.time() - start:.0f}s; work dir: {runner.work_dir}')
 
 

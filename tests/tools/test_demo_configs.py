@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 from typing import Any, Iterator
@@ -117,5 +118,7 @@ def test_demo_script_reports_map_and_saved_bytes(tmp_path) -> None:
     out = res.stdout
     assert res.returncode == 0, out[-3000:] + res.stderr[-5000:]
     assert 'COCO bbox mAP: ' in out
-    assert 'exact       :' in out and 'bytes' in out
+    ratio = re.search(r'ActNN L3 keeps ([0-9.]+)x fewer bytes', out)
+    assert ratio is not None, out[-3000:]
+    assert float(ratio.group(1)) >= 8.0, out[-3000:]  # exact measured without ActNN
     assert osp.isfile(tmp_path / 'coco' / 'annotations' / 'instances_val2017.json')
