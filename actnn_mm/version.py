@@ -1,0 +1,2 @@
+"""The version of actnn_mm: the one place it is written (``setup.py`` reads it from here)."""
+__version__ = '0.1.0'
