@@ -5,12 +5,13 @@ CPU kernels are always built. CUDA kernels are added when a CUDA toolkit is aske
 Architectures come from ``TORCH_CUDA_ARCH_LIST``; without it, the visible GPU's, else ``8.0;9.0``.
 
 Install with ``pip install --no-build-isolation -e .`` so the extension is built against the torch
-already in the environment (any torch >= 2.4).
+already in the environment (any torch >= 2.4). The project's metadata is in ``pyproject.toml``;
+the version is read from ``actnn_mm/version.py``, the one place it is written.
 """
 from __future__ import annotations
 
-import glob
 import os
+import re
 import sys
 
 from setuptools import find_packages, setup
@@ -30,7 +31,8 @@ def _extensions() -> list:
     kwargs = dict(
         name='actnn_mm._C',
         sources=[os.path.relpath(s, ROOT) for s in sources],
-        include_dirs=[os.path.join(ROOT, 'csrc')] + (_build_info.cuda_include_dirs() if with_cuda else []),
+        include_dirs=[os.path.join(ROOT, 'csrc')] +
+        (_build_info.cuda_include_dirs() if with_cuda else []),
         extra_compile_args=_build_info.compile_args(with_cuda),
         define_macros=[('ACTNN_MM_WITH_CUDA', '1')] if with_cuda else [],
     )
@@ -39,18 +41,22 @@ def _extensions() -> list:
     return [CUDAExtension(**kwargs) if with_cuda else CppExtension(**kwargs)]
 
 
+def _version() -> str:
+    with open(os.path.join(ROOT, 'actnn_mm', 'version.py')) as f:
+        match = re.search(r"^__version__ = '([^']+)'", f.read(), re.M)
+    if match is None:
+        raise RuntimeError("actnn_mm/version.py must define __version__ = '<version>'")
+    return match.group(1)
+
+
 def _cmdclass() -> dict:
     from torch.utils.cpp_extension import BuildExtension
     return {'build_ext': BuildExtension.with_options(use_ninja=True)}
 
 
 setup(
-    name='actnn_mm',
-    version='0.1.0',
-    description='Activation-compressed training (ActNN) as a plugin for OpenMMLab 2.x',
+    version=_version(),
     packages=find_packages(include=['actnn_mm', 'actnn_mm.*']),
-    python_requires='>=3.9',
-    install_requires=['torch>=2.4', 'mmengine>=0.10'],
     ext_modules=_extensions(),
     cmdclass=_cmdclass(),
     zip_safe=False,

@@ -23,8 +23,8 @@ log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 # The stamp records what the finished set-up was made from; any change to the pins redoes it.
 pins_hash() {
-  cat "$ROOT/requirements/stack.txt" "$ROOT/requirements/mmcv.txt" "$ROOT/setup.py" \
-      "$ROOT/tools/setup_env.sh" | sha256sum | cut -c1-16
+  cat "$ROOT/requirements/stack.txt" "$ROOT/requirements/mmcv.txt" "$ROOT/requirements/dev.txt" \
+      "$ROOT/setup.py" "$ROOT/pyproject.toml" "$ROOT/tools/setup_env.sh" | sha256sum | cut -c1-16
 }
 want="$(pins_hash)"
 # The compiled extension is rebuilt whenever its sources change (cheap check: a hash of csrc/).
@@ -66,7 +66,7 @@ log "python: $("$PYV" --version)"
 # --- 2. torch and the build tools ---------------------------------------------------------
 pin() { grep -E "^$1==" "$ROOT/requirements/stack.txt" | head -1; }
 log "installing build tools and torch ($(pin torch), $(pin torchvision))"
-"${PIP[@]}" install -q "pip>=23.2" "setuptools>=70,<81" wheel "$(pin ninja)" \
+"${PIP[@]}" install -q "pip>=23.2" "setuptools>=77,<81" wheel "$(pin ninja)" \
   "$(grep -E '^numpy' "$ROOT/requirements/stack.txt")"
 "${PIP[@]}" install -q "$(pin torch)" "$(pin torchvision)"
 # opencv headless first: mmcv's setup.py then records the headless variant in its wheel.
@@ -118,6 +118,8 @@ fi
 log "installing the pinned OpenMMLab stack"
 # mmcv's own requirements come along here, with mmengine, so pip sees them all at once.
 "${PIP[@]}" install -q -r "$ROOT/requirements/stack.txt" addict packaging Pillow pyyaml yapf
+log "installing the pinned lint tools (ruff, clang-format)"
+"${PIP[@]}" install -q -r "$ROOT/requirements/dev.txt"
 log "building actnn_mm (CPU kernels$([[ ${ACTNN_MM_WITH_CUDA:-0} == 1 ]] && echo ' + CUDA'))"
 build_ext
 "$PYV" -c 'import mmcv.ops, mmdet, mmseg, mmpretrain, actnn_mm; print("stack ok: mmcv", mmcv.__version__)'
