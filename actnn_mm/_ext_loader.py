@@ -62,7 +62,8 @@ def _jit_build() -> ModuleType:
           file=sys.stderr, flush=True)
     return cpp_extension.load(
         name='actnn_mm_C', sources=_build_info.sources(_REPO_ROOT, with_cuda),
-        extra_include_paths=[srcdir] + (_build_info.cuda_include_dirs() if with_cuda else []), extra_cflags=args['cxx'],
+        extra_include_paths=[srcdir] + (_build_info.cuda_include_dirs() if with_cuda else []),
+        extra_cflags=args['cxx'],
         extra_cuda_cflags=args.get('nvcc', []), build_directory=build_dir,
         extra_ldflags=[], with_cuda=with_cuda, is_python_module=True, verbose=False)
 

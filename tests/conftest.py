@@ -21,7 +21,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     # The 600-iteration exact-vs-L3 parity run takes ~15 min on 2 cores: opt in, visibly skipped.
     if os.environ.get('ACTNN_MM_CONVERGENCE', '0') != '1':
         skip_parity = pytest.mark.skip(reason='convergence parity run (~15 min): set '
-                                       'ACTNN_MM_CONVERGENCE=1 to run it (issue 5)')
+                                       'ACTNN_MM_CONVERGENCE=1 to run it')
         for item in items:
             if item.nodeid.startswith('tests/e2e/test_convergence.py'):
                 item.add_marker(skip_parity)

@@ -40,7 +40,8 @@ def _runner(work_dir: str, **kwargs):
     from mmengine.runner import Runner
     return Runner(
         model=_ToyModel(), work_dir=work_dir,
-        train_dataloader=dict(dataset=_ToyData(), sampler=dict(type='DefaultSampler', shuffle=False),
+        train_dataloader=dict(dataset=_ToyData(),
+                              sampler=dict(type='DefaultSampler', shuffle=False),
                               batch_size=2, num_workers=0),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01, momentum=0.9)),
         train_cfg=dict(by_epoch=False, max_iters=4),

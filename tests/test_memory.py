@@ -1,4 +1,4 @@
-"""Saved-bytes counting on CPU, and the compression ratios the issue asks for."""
+"""Saved-bytes counting on CPU, and the compression ratios ActNN promises (ResNet-50)."""
 from __future__ import annotations
 
 import copy

@@ -187,10 +187,11 @@ def test_whole_faster_rcnn_trains_converted() -> None:
     """Backbone, neck and heads converted: RoIAlign's boxes (saved without grad) stay exact."""
     mmdet = pytest.importorskip('mmdet')
     import os.path as osp
-    from mmengine.config import Config
-    from mmengine.registry import DefaultScope
+
     from mmdet.registry import MODELS
     from mmdet.testing import demo_mm_inputs
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
     cfg = Config.fromfile(osp.join(osp.dirname(mmdet.__file__),
                                    '.mim/configs/faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'))
     m = cfg.model  # the paper's detector, made small enough for a CPU unit test

@@ -76,7 +76,8 @@ def test_fcn_trains_one_step_on_cpu() -> None:
 
     register_all_modules()
     cfg = load_package_config('mmseg::fcn/fcn_r50-d8_4xb2-80k_cityscapes-512x1024.py')
-    # The base uses SyncBN in three places (a child's norm_cfg does not reach them): plain BN on CPU.
+    # The base uses SyncBN in three places (a child's norm_cfg does not reach them): plain BN on
+    # CPU.
     for part in (cfg.model.backbone, cfg.model.decode_head, cfg.model.auxiliary_head):
         part.norm_cfg = dict(type='BN', requires_grad=True)
     cfg.model.pretrained = None
@@ -115,7 +116,8 @@ def test_mocov2_trains_one_step_on_cpu() -> None:
 def test_actnn_mm_extension_loads() -> None:
     import actnn_mm._ext_loader as loader
 
-    assert loader.is_built(), 'actnn_mm._C is not built: run `pip install --no-build-isolation -e .`'
+    assert loader.is_built(), \
+        'actnn_mm._C is not built: run `pip install --no-build-isolation -e .`'
     module = loader.load_extension()
     assert module.__name__ == 'actnn_mm._C'
     ops = [n for n in torch._C._dispatch_get_all_op_names() if n.startswith("actnn_mm::")]

@@ -90,8 +90,9 @@ def run_options(args: argparse.Namespace, data_root: str) -> Dict[str, Any]:
 def train_one(args: argparse.Namespace, level: str, data_root: str, work_dir: str) -> None:
     """Train one run in this process (the exact run has no ``actnn`` section)."""
     sys.path.insert(0, osp.join(REPO, 'tools'))
-    from actnn_tools.runner import build_runner, load_config  # noqa: E402
     from mmengine.config import Config
+
+    from actnn_tools.runner import build_runner, load_config  # noqa: E402
 
     cfg = Config.fromfile(CONFIG)
     if level == EXACT:

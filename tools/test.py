@@ -10,9 +10,15 @@ writes prediction PNGs to a folder.
 import argparse
 import os
 
-from actnn_tools.runner import (build_runner, ensure_data_exists, load_config,
-                     setup_cache_size_limit_of_dynamo, setup_cpu_distributed)
 from mmengine.config import Config, DictAction
+
+from actnn_tools.runner import (
+    build_runner,
+    ensure_data_exists,
+    load_config,
+    setup_cache_size_limit_of_dynamo,
+    setup_cpu_distributed,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

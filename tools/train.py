@@ -12,10 +12,16 @@ import argparse
 import os
 import sys
 
-from actnn_tools.runner import (build_runner, ensure_data_exists, load_config,
-                     setup_cache_size_limit_of_dynamo, setup_cpu_distributed)
 from mmengine.config import DictAction
 from mmengine.device import get_device
+
+from actnn_tools.runner import (
+    build_runner,
+    ensure_data_exists,
+    load_config,
+    setup_cache_size_limit_of_dynamo,
+    setup_cpu_distributed,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -69,19 +69,19 @@ def allocate_layers(sens: Sequence[float], features: Sequence[int], samples: Seq
     weights = level_weights(min_bits, max_bits)
     budget = sum(f * n for f, n in zip(features, samples)) * (max_bits - avg_bits)
     items = []
-    for l in range(nl):
-        if features[l] <= 0 or samples[l] <= 0:
+    for li in range(nl):
+        if features[li] <= 0 or samples[li] <= 0:
             continue
-        s = max(float(sens[l]), 0.0) if sens[l] == sens[l] else 0.0
+        s = max(float(sens[li]), 0.0) if sens[li] == sens[li] else 0.0
         for j, w in enumerate(weights):
-            items.append((s * w / features[l], j, l))
+            items.append((s * w / features[li], j, li))
     items.sort()
     left = budget
-    for _, _, l in items:
-        take = min(samples[l], int(left // features[l]))
+    for _, _, li in items:
+        take = min(samples[li], int(left // features[li]))
         if take <= 0:
             continue
-        removed[l] += take
-        left -= take * features[l]
-    return [max_bits - removed[l] / samples[l] if samples[l] > 0 else float(avg_bits)
-            for l in range(nl)]
+        removed[li] += take
+        left -= take * features[li]
+    return [max_bits - removed[li] / samples[li] if samples[li] > 0 else float(avg_bits)
+            for li in range(nl)]

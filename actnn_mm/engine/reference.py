@@ -44,7 +44,8 @@ def _minmax(xp: torch.Tensor, valid: torch.Tensor):
     return mn, mx, bad
 
 
-def _bits_per_sample(n: int, bits: int, sample_bits: Optional[torch.Tensor], device) -> torch.Tensor:
+def _bits_per_sample(n: int, bits: int, sample_bits: Optional[torch.Tensor],
+                     device) -> torch.Tensor:
     if sample_bits is None:
         return torch.full((n,), bits, dtype=torch.int64, device=device)
     return sample_bits.to(torch.int64)
@@ -155,7 +156,8 @@ def group_minmax(x: torch.Tensor, num_samples: int, group_size: int) -> torch.Te
 
 
 def pack_bits(values: torch.Tensor, nbits: int) -> torch.Tensor:
-    """Reference of ``actnn_mm::pack_bits``: low ``nbits`` of each value, 8 values per nbits bytes."""
+    """Reference of ``actnn_mm::pack_bits``: low ``nbits`` of each value, 8 values per nbits
+    bytes."""
     v = values.reshape(-1).to(torch.int64) & ((1 << nbits) - 1)
     v = torch.nn.functional.pad(v, (0, (-v.numel()) % 8))
     return _pack_rows(v, nbits)

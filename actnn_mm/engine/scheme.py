@@ -12,11 +12,11 @@ from typing import Optional, Union
 
 import torch
 
+from . import _ops
 from .bit_solver import allocate_per_sample
-from .compressed import CompressedTensor, _compress_impl, decompress, payload_bytes
+from .compressed import CompressedTensor, _compress_impl, decompress
 from .config import CompressionConfig
 from .layout import FLOAT_DTYPES, flatten_samples, num_samples_of
-from . import _ops
 
 KINDS = ('conv', 'linear', 'norm', 'generic')
 
@@ -114,7 +114,8 @@ class LayerScheme:
             bits = allocate_per_sample(rsq, total, cfg.min_bits, cfg.max_bits)
             c = _compress_impl(x, bits, group_size=g, stochastic=cfg.stochastic, bits_sum=total)
         else:
-            b = int(min(max(round(avg), cfg.min_bits), cfg.max_bits)) if cfg.mixed else int(cfg.bits)
+            b = int(min(max(round(avg), cfg.min_bits), cfg.max_bits)) if cfg.mixed \
+                else int(cfg.bits)
             c = _compress_impl(x, b, group_size=g, stochastic=cfg.stochastic)
             if cfg.per_layer and isinstance(c, CompressedTensor) and c.meta is not None:
                 m = c.meta.reshape(n, -1, 2)

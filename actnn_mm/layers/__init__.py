@@ -4,17 +4,23 @@ Each is a direct subclass of its torch twin (same constructor, parameters, buffe
 keys and ``repr``) whose training forward runs an autograd Function saving only what backward
 needs, compressed by :mod:`actnn_mm.engine`; in ``eval()``/``no_grad`` it is the twin.
 """
+import torch.nn as _nn
+
+from ._qlayer import q_getstate
 from .activation import QGELU, QLeakyReLU, QReLU, QSiLU
-from .conv import (QConv1d, QConv2d, QConv3d, QConvTranspose1d, QConvTranspose2d,
-                   QConvTranspose3d)
+from .conv import QConv1d, QConv2d, QConv3d, QConvTranspose1d, QConvTranspose2d, QConvTranspose3d
 from .dropout import QDropout, QDropout2d
 from .linear import QLinear
-from .norm import (QBatchNorm1d, QBatchNorm2d, QBatchNorm3d, QBatchNormXd, QGroupNorm,
-                   QLayerNorm, QSyncBatchNorm)
+from .norm import (
+    QBatchNorm1d,
+    QBatchNorm2d,
+    QBatchNorm3d,
+    QBatchNormXd,
+    QGroupNorm,
+    QLayerNorm,
+    QSyncBatchNorm,
+)
 from .pooling import QAvgPool2d, QMaxPool2d
-from ._qlayer import q_getstate
-
-import torch.nn as _nn
 
 #: torch class -> Q twin. Conversion and the registry are driven by this table.
 QLAYERS = {

@@ -10,8 +10,14 @@ from torch import Tensor, nn
 
 from .. import saved_bytes
 from ..engine import pack_mask, unpack_mask
-from ._qlayer import (AmpFunction, compress_active, get_scheme, inplace_on_leaf, load_input,
-                      save_input)
+from ._qlayer import (
+    AmpFunction,
+    compress_active,
+    get_scheme,
+    inplace_on_leaf,
+    load_input,
+    save_input,
+)
 
 __all__ = ['QReLU', 'QLeakyReLU', 'QGELU', 'QSiLU']
 

@@ -9,8 +9,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
-from ._qlayer import (AmpFunction, cast_for_autocast, compress_active, get_scheme,
-                      load_input, save_input)
+from ._qlayer import (
+    AmpFunction,
+    cast_for_autocast,
+    compress_active,
+    get_scheme,
+    load_input,
+    save_input,
+)
 
 __all__ = ['QConv1d', 'QConv2d', 'QConv3d', 'QConvTranspose1d', 'QConvTranspose2d',
            'QConvTranspose3d', 'conv_function']

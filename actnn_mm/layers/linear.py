@@ -6,8 +6,14 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ._qlayer import (AmpFunction, cast_for_autocast, compress_active, get_scheme, load_input,
-                      save_input)
+from ._qlayer import (
+    AmpFunction,
+    cast_for_autocast,
+    compress_active,
+    get_scheme,
+    load_input,
+    save_input,
+)
 
 __all__ = ['QLinear', 'linear_function']
 

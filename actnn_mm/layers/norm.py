@@ -11,9 +11,17 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import _sync_bn_cpu
+from ._qlayer import (
+    AmpFunction,
+    cast_for_autocast,
+    compress_active,
+    get_scheme,
+    load_input,
+    save_input,
+    scheme_is_exact,
+    suggest_memory_format,
+)
 from ._sync_bn_cpu import per_channel, stats_dtype
-from ._qlayer import (AmpFunction, cast_for_autocast, compress_active, get_scheme, load_input,
-                      save_input, scheme_is_exact, suggest_memory_format)
 
 __all__ = ['QBatchNorm1d', 'QBatchNorm2d', 'QBatchNorm3d', 'QBatchNormXd', 'QSyncBatchNorm',
            'QLayerNorm', 'QGroupNorm', 'batch_norm_function']

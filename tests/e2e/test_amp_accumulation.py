@@ -1,4 +1,4 @@
-"""Issue 5, point 6: ActNNHook under mixed precision and gradient accumulation, through mmengine's
+"""ActNNHook under mixed precision and gradient accumulation, through mmengine's
 Runner and OptimWrapper (the training step users run), against the same run without ActNN.
 
 On CPU the mixed-precision step is mmengine's real ``AmpOptimWrapper`` with ``dtype='bfloat16'``:

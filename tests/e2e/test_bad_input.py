@@ -1,4 +1,4 @@
-"""Issue 5, point 7: bad input fails before any training, through ``tools/train.py``, with a
+"""Bad input fails before any training, through ``tools/train.py``, with a
 message that says what is wrong and what is valid.
 
 (The missing-COCO message is covered in tests/tools/test_tools.py; here the other two data
@@ -12,7 +12,6 @@ import sys
 from typing import List
 
 import pytest
-
 from e2e_helpers import DEMO, REPO
 
 FASTER_RCNN = osp.join(DEMO, 'faster_rcnn_r50_fpn_demo.py')

@@ -1,4 +1,4 @@
-"""Issue 5, point 4 (slow): exact and ActNN L3 trained on the same schedule end within 0.02 bbox
+"""Slow: exact and ActNN L3 trained on the same schedule end within 0.02 bbox
 mAP of each other. Runs ``tools/convergence.py`` with its default settings, the ones that made
 docs/convergence.png / docs/convergence.json (Faster R-CNN R50-FPN, synthetic COCO 128 train /
 64 val at 160 px, batch 2, 300 iterations, seed 0; the two runs side by side, one thread each).
@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from e2e_helpers import REPO
 
 MAX_MAP_GAP = 0.02

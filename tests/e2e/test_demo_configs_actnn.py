@@ -1,4 +1,4 @@
-"""Issue 5, point 1: each of the five demo configs trains with ActNN switched on by its ``actnn``
+"""Each of the five demo configs trains with ActNN switched on by its ``actnn``
 section (-> ``ActNNHook``), evaluates with its real metric, and keeps fewer bytes for backward
 than the same model run exact (same weights, same batch).
 
@@ -10,8 +10,17 @@ from __future__ import annotations
 import math
 
 import pytest
-from e2e_helpers import (actnn_hook, bare_model, load_demo_config, q_and_plain, report,
-                         saved_bytes_exact_vs_actnn, scalar, short_schedule, train)
+from e2e_helpers import (
+    actnn_hook,
+    bare_model,
+    load_demo_config,
+    q_and_plain,
+    report,
+    saved_bytes_exact_vs_actnn,
+    scalar,
+    short_schedule,
+    train,
+)
 
 # config -> (metric in the message hub, its upper bound, validated?)
 CASES = {

@@ -1,4 +1,4 @@
-"""Issue 5, point 2: distributed training with ActNN.
+"""Distributed training with ActNN.
 
 - ``tools/dist_train.sh`` with 2 CPU processes (gloo, CPU DDP) trains the demo Faster R-CNN with
   ActNN on; a test-only hook (``e2e_qcheck_hook``, loaded by ``custom_imports``) checks inside
@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
 import os.path as osp
 import socket
 import subprocess
@@ -23,9 +22,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
-
 from e2e_helpers import REPO
+from torch import nn
 
 HERE = osp.dirname(osp.abspath(__file__))
 QCHECK_CONFIG = osp.join(HERE, 'configs/faster_rcnn_qcheck.py')

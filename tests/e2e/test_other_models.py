@@ -1,4 +1,4 @@
-"""Issue 5, point 5: models beyond the paper's five take ActNN from ``custom_imports`` and the
+"""Models beyond the paper's five take ActNN from ``custom_imports`` and the
 ``actnn`` section alone: Mask R-CNN R50-FPN (mmdet's config) and Mask R-CNN Swin-T, whose
 attention is functional code compressed through the saved-tensor (generic) path.
 
@@ -11,12 +11,21 @@ import math
 from typing import Any, Iterator
 
 import pytest
+from e2e_helpers import (
+    DEMO,
+    actnn_hook,
+    bare_model,
+    load_demo_config,
+    report,
+    saved_bytes_exact_vs_actnn,
+    scalar,
+    short_schedule,
+    train,
+)
 from mmengine.config import Config
 
 from actnn_mm.layers import QLAYERS
 from actnn_mm.saved_tensors import installed
-from e2e_helpers import (DEMO, actnn_hook, bare_model, load_demo_config, report,
-                         saved_bytes_exact_vs_actnn, scalar, short_schedule, train)
 
 OTHER = ('mask_rcnn_r50_fpn_demo', 'mask_rcnn_swin-t_fpn_demo')
 SMALL = {'train_dataloader.dataset.pipeline.2.scale': (160, 160),

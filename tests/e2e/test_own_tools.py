@@ -1,4 +1,4 @@
-"""Issue 5, switching it on: with mmdet's *own* ``tools/train.py`` (shipped in the installed
+"""Switching it on with mmdet's *own* ``tools/train.py`` (shipped in the installed
 package under ``mmdet/.mim/tools``), ``custom_imports`` and a ``custom_hooks`` entry turn ActNN on;
 the check hook confirms, inside the run, that every backbone BN is a Q-layer that compressed."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 5, point 3: ``tools/train.py --resume`` continues an ActNN run exactly as if it had not
+"""``tools/train.py --resume`` continues an ActNN run exactly as if it had not
 stopped: the losses of the iterations after the checkpoint equal the uninterrupted run's, at
 full precision (mmengine's ``scalars.json``) and as printed.
 
@@ -16,7 +16,6 @@ import sys
 from typing import Dict, List
 
 import torch
-
 from e2e_helpers import DEMO, REPO, scalars
 
 CONFIG = osp.join(DEMO, 'faster_rcnn_r50_fpn_demo.py')

@@ -13,5 +13,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 def _kernels_loaded() -> None:
     """The compiled extension must be present (the reference is compared against it)."""
     import torch
+
     from actnn_mm.engine import _ops
     assert _ops.has_kernels(torch.device('cpu')), f'extension not loaded: {_ops._STATE["error"]!r}'

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from actnn_mm.engine import (BitAllocator, CompressionConfig, LayerScheme, compress, decompress,
-                             enable_expandable_segments, pack_index, pack_mask, reference,
-                             unpack_index, unpack_mask)
 from engine_helpers import DTYPES
+
+from actnn_mm.engine import (
+    BitAllocator,
+    CompressionConfig,
+    LayerScheme,
+    compress,
+    decompress,
+    enable_expandable_segments,
+    pack_index,
+    pack_mask,
+    reference,
+    unpack_index,
+    unpack_mask,
+)
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')]

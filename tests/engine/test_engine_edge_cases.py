@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_helpers import DTYPES, element_steps
 
 from actnn_mm.engine import CompressedTensor, compress, decompress
-from engine_helpers import DTYPES, element_steps
 
 
 def _roundtrip_ok(x: torch.Tensor, bits: int = 4) -> torch.Tensor:
@@ -39,7 +39,8 @@ def test_channels_last_3d_and_other_dense_permutations():
 
 def test_non_contiguous_inputs():
     base = torch.randn(6, 40, 30)
-    for x in (base[:, ::2, 1:], base.transpose(0, 1), base[::2], base.unsqueeze(1).expand(6, 3, 40, 30)):
+    for x in (base[:, ::2, 1:], base.transpose(0, 1), base[::2],
+              base.unsqueeze(1).expand(6, 3, 40, 30)):
         y = _roundtrip_ok(x, 8)
         rng = (x.max() - x.min()).item()
         assert (y - x).abs().max() <= rng / 255 + 1e-5
@@ -118,7 +119,8 @@ def test_passthrough_bits_keep_the_tensor():
 
 # ---- bad input -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize('dtype', [torch.int32, torch.int64, torch.uint8, torch.bool, torch.float64])
+@pytest.mark.parametrize('dtype',
+                         [torch.int32, torch.int64, torch.uint8, torch.bool, torch.float64])
 def test_wrong_dtype_rejected(dtype):
     with pytest.raises(ValueError, match='x must be a float32, float16 or bfloat16'):
         compress(torch.zeros(4, 4, dtype=dtype))

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from actnn_mm.engine import pack_index, pack_mask, reference, unpack_index, unpack_mask
 

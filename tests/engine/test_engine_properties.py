@@ -7,11 +7,12 @@ the exact payload size, and the error bound (below one quantization step of the 
 from __future__ import annotations
 
 import torch
-from hypothesis import given, settings, strategies as st
+from engine_helpers import DTYPES, element_steps, kernel_and_reference, make_input
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from actnn_mm.engine import compress, decompress, reference
 from actnn_mm.engine.philox import philox4x32_10
-from engine_helpers import DTYPES, element_steps, kernel_and_reference, make_input
 
 SETTINGS = dict(max_examples=60, deadline=None)
 GROUP_SIZES = (8, 16, 64, 256, 512)
@@ -30,7 +31,8 @@ def cases(draw):
     if special == 'constant':
         x[draw(st.integers(0, n - 1))] = x.flatten()[0]
     elif special in ('nan', 'inf'):
-        x.view(-1)[draw(st.integers(0, n * d - 1))] = float('nan') if special == 'nan' else float('-inf')
+        x.view(-1)[draw(st.integers(0, n * d - 1))] = \
+            float('nan') if special == 'nan' else float('-inf')
     elif special == 'zero_signs':
         x.view(-1)[::3] = -0.0
         x.view(-1)[1::3] = 0.0

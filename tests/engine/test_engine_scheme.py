@@ -7,9 +7,19 @@ import contextlib
 import pytest
 import torch
 
-from actnn_mm.engine import (BitAllocator, CompressedTensor, CompressionConfig, LayerScheme,
-                             Swapper, allocate_layers, allocate_per_sample, compress, decompress,
-                             enable_expandable_segments, variance_bound)
+from actnn_mm.engine import (
+    BitAllocator,
+    CompressedTensor,
+    CompressionConfig,
+    LayerScheme,
+    Swapper,
+    allocate_layers,
+    allocate_per_sample,
+    compress,
+    decompress,
+    enable_expandable_segments,
+    variance_bound,
+)
 from actnn_mm.engine.bit_solver import level_weights
 
 
@@ -167,7 +177,8 @@ def test_mixed_precision_variance_below_uniform_2_bits():
         n = x.shape[0]
         weight = sc.coefficient * grads[sc.name] ** 2 * x[0].numel()
         c = sc.compress(x)
-        rng = (x.flatten(1).unflatten(1, (-1, 256)).amax(2) - x.flatten(1).unflatten(1, (-1, 256)).amin(2))
+        groups = x.flatten(1).unflatten(1, (-1, 256))
+        rng = groups.amax(2) - groups.amin(2)
         sens = rng.pow(2).sum(1) * weight
         mixed_bound += float(variance_bound(sens, c.bits))
         uniform_bound += float(variance_bound(sens, torch.full((n,), 2)))

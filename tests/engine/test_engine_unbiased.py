@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_helpers import element_steps
 
 from actnn_mm.engine import compress, decompress
-from engine_helpers import element_steps
 
 K = 2000
 Z = 6.0

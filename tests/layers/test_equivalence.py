@@ -9,12 +9,11 @@ from typing import Any, Tuple
 
 import pytest
 import torch
+from _cases import CASE_IDS, CASES, Case
 from torch import nn
 
 from actnn_mm.engine import CompressionConfig
 from actnn_mm.layers import QLAYERS
-
-from _cases import CASE_IDS, CASES, Case
 
 L0 = CompressionConfig.from_level('L0')
 L3 = CompressionConfig.from_level('L3', min_numel=0)

@@ -8,8 +8,18 @@ import torch
 from torch import nn
 
 from actnn_mm.engine import CompressedTensor, CompressionConfig, PackedIndex, PackedMask
-from actnn_mm.layers import (QAvgPool2d, QBatchNorm2d, QConv2d, QDropout, QGELU, QLeakyReLU,
-                             QLinear, QMaxPool2d, QReLU, QSiLU)
+from actnn_mm.layers import (
+    QGELU,
+    QAvgPool2d,
+    QBatchNorm2d,
+    QConv2d,
+    QDropout,
+    QLeakyReLU,
+    QLinear,
+    QMaxPool2d,
+    QReLU,
+    QSiLU,
+)
 from actnn_mm.saved_bytes import SavedBytesCounter
 
 L3 = CompressionConfig.from_level('L3', min_numel=0)

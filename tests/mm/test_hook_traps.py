@@ -1,6 +1,6 @@
 """ActNNHook against the traps mmengine 0.10.7 sets for module swapping (one test per trap).
 
-See ../shared/reference/openmmlab_facts.md: the optimizer is built before ``before_run``;
+The traps (mmengine 0.10.7): the optimizer is built before ``before_run``;
 weights load after it; ``model_wrapper_cfg`` is ignored without distribution;
 ``revert_sync_batchnorm``/``convert_sync_batchnorm`` replace Q norm classes with plain ones;
 MoCo deep-copies its encoder and pairs EMA buffers by position; ``init_cfg`` matches direct bases.

@@ -11,10 +11,15 @@ import numpy as np
 import pytest
 from mmengine.registry import DefaultScope
 
-from actnn_tools.demo_data import (make_cityscapes, make_coco, make_imagenet, missing_data,
-                               missing_data_message)
 from actnn_tools.demo_data import cityscapes as cs_mod
 from actnn_tools.demo_data import coco as coco_mod
+from actnn_tools.demo_data import (
+    make_cityscapes,
+    make_coco,
+    make_imagenet,
+    missing_data,
+    missing_data_message,
+)
 
 SIZE = (96, 128)
 
@@ -43,8 +48,8 @@ def imagenet_root(tmp_path_factory) -> str:
 
 # --- COCO ------------------------------------------------------------------------------------
 def test_coco_json_loads_with_pycocotools(coco_root: str) -> None:
-    from pycocotools.coco import COCO
     from mmdet.datasets import CocoDataset
+    from pycocotools.coco import COCO
 
     for split, n in (('train2017', 6), ('val2017', 3)):
         api = COCO(osp.join(coco_root, f'annotations/instances_{split}.json'))

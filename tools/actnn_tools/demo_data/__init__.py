@@ -5,8 +5,13 @@ downloading anything. ``tools/make_demo_data.py`` is the command-line front end.
 """
 from .cityscapes import make_cityscapes
 from .coco import make_coco
-from .demo_data import (DEMO_DATASETS, demo_data_command, make_demo_data, missing_data,
-                        missing_data_message)
+from .demo_data import (
+                        DEMO_DATASETS,
+                        demo_data_command,
+                        make_demo_data,
+                        missing_data,
+                        missing_data_message,
+)
 from .imagenet import make_imagenet
 
 __all__ = [
