@@ -29,9 +29,10 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Ty
 
 from torch import nn
 
-from . import saved_tensors as _st
 from .auto_step import install_auto_step, remove_auto_step
 from .engine import BitAllocator, CompressionConfig, get_default_config
+from .forward_context import install, installed, uninstall
+from .keep_exact import keep_exact
 from .layers import NORM_LAYERS, QLAYERS, QLAYERS_BY_NAME, TWINS
 
 __all__ = ['convert', 'revert', 'is_converted', 'get_allocator', 'q_modules', 'Conversion',
@@ -277,7 +278,7 @@ def convert(model: nn.Module, config: Union[CompressionConfig, str, None] = None
         if q_cls in NORM_LAYERS and cfg.enabled and not cfg.compress_norm:
             report.skipped.append((name, cls.__name__, f'level {level} keeps normalization '
                                    'exact'))
-            _st.keep_exact(module)  # and saved-tensor compression must not compress it either
+            keep_exact(module)  # and saved-tensor compression must not compress it either
             continue
         if cls is not TWINS[q_cls]:
             module.__dict__['_actnn_orig_class'] = cls
@@ -290,7 +291,7 @@ def convert(model: nn.Module, config: Union[CompressionConfig, str, None] = None
     _MODEL_ALLOCATORS[model] = allocator
     install_auto_step(model, allocator)
     if saved_tensors:
-        _st.install(model, cfg, allocator=allocator)
+        install(model, cfg, allocator=allocator)
     report.functional = _functional_calls(model, saved_tensors)
     return report
 
@@ -301,7 +302,7 @@ def revert(model: nn.Module) -> int:
     reverted."""
     n = 0
     for module in model.modules():
-        _st.uninstall(module)
+        uninstall(module)
         remove_auto_step(module)
         q_cls = type(module)
         if q_cls not in TWINS:
@@ -323,7 +324,7 @@ def get_allocator(model: nn.Module) -> Optional[BitAllocator]:
 
 def is_converted(model: nn.Module) -> bool:
     """Whether ``model`` has Q-layers or saved-tensor compression installed."""
-    return any(type(m) in TWINS or _st.installed(m) is not None for m in model.modules())
+    return any(type(m) in TWINS or installed(m) is not None for m in model.modules())
 
 
 def q_modules(model: nn.Module) -> Iterable[Tuple[str, nn.Module]]:

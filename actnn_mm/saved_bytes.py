@@ -22,6 +22,8 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
+from .param_like import is_param_like, param_storages, storage_ptr
+
 __all__ = ['SavedBytesCounter', 'SavedBytesReport', 'measure_saved_bytes', 'record']
 
 _local = threading.local()
@@ -119,12 +121,11 @@ class SavedBytesCounter:
         return self.report.by_kind
 
     def add(self, obj: Any) -> None:
-        from .saved_tensors import _storage_ptr, is_param_like
         if isinstance(obj, Tensor):
             if is_param_like(obj, self._storages):
                 return
             storage = obj.untyped_storage()
-            key = ('storage', obj.device, _storage_ptr(obj))
+            key = ('storage', obj.device, storage_ptr(obj))
             kind = 'exact'
             keep: Any = storage
         else:
@@ -159,7 +160,6 @@ class SavedBytesCounter:
             self._stack.pop()
 
     def __enter__(self) -> 'SavedBytesCounter':
-        from .saved_tensors import param_storages
         if self.model is not None:
             self._storages = param_storages([self.model])
             for name, m in self.model.named_modules():

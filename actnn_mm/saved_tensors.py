@@ -25,218 +25,28 @@ Usage::
         loss = model(x).sum()
     loss.backward()
 
-:func:`install` makes a module enter the context around its own forward (what
-:func:`actnn_mm.convert` does by default).
+:func:`actnn_mm.forward_context.install` makes a module enter the context around its own
+forward (what :func:`actnn_mm.convert` does by default). The pieces it relies on live beside it:
+``param_like`` (what is a parameter), ``share_cache`` (keep a tensor once), ``relu_mask`` (the
+ReLU special case), ``keep_exact`` (modules left exact).
 """
 from __future__ import annotations
 
 import threading
-import weakref
 from contextlib import ContextDecorator
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from . import saved_bytes
 from .engine import CompressionConfig, LayerScheme, get_default_config
+from .keep_exact import in_exact_module
+from .param_like import is_param_like, param_storages
+from .relu_mask import ReluMask, is_relu_own_save
+from .share_cache import CACHE, EXACT, Saved, sample_view
 
-__all__ = ['compress_saved_tensors', 'install', 'uninstall', 'installed', 'keep_exact', 'share',
-           'is_param_like', 'sample_view', 'Saved', 'EXACT']
-
-#: Cache value meaning "a layer keeps this tensor exact": later savers reuse it for free.
-EXACT = object()
-
-_VIEW_LIKE = frozenset({
-    'TBackward', 'ViewBackward', 'ToCopyBackward', 'TransposeBackward', 'PermuteBackward',
-    'ExpandBackward', 'UnsafeViewBackward', 'AliasBackward', 'SliceBackward', 'SelectBackward',
-    'UnsqueezeBackward', 'SqueezeBackward', 'CloneBackward', 'AsStridedBackward',
-    'ReshapeAliasBackward', 'DetachBackward', 'ConjBackward', 'NegViewBackward'
-})
-
-
-def _storage_ptr(t: Tensor) -> int:
-    try:
-        return t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):  # tensor subclasses without storage
-        return -1
-
-
-def _key(t: Tensor) -> Tuple:
-    return (_storage_ptr(t), t.device, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype,
-            t._version)
-
-
-class _ShareCache:
-    """tensor -> what was kept of it, for as long as sharing it is valid and useful.
-
-    The key holds the storage address, geometry and version counter; an entry is valid while
-    its *anchor* (the tensor, or the base it views) lives, so the address cannot have been
-    reused, and while its *holder* lives: the compressed object itself, or the autograd node that
-    keeps the tensor exact. Once the graph that kept it is freed (after backward) the entry is
-    gone: the next iteration compresses afresh even when the input tensor is the same object.
-    """
-
-    def __init__(self) -> None:
-        self._entries: Dict[Tuple, Tuple[weakref.ref, Optional[weakref.ref], Any]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, t: Tensor) -> Any:
-        entry = self._entries.get(_key(t))
-        if entry is None or entry[0]() is None:
-            return None
-        if entry[1] is not None:
-            holder = entry[1]()
-            if holder is None:
-                return None
-            return holder if entry[2] is None else entry[2]
-        return entry[2]
-
-    def put(self, t: Tensor, value: Any = None, holder: Any = None) -> None:
-        """Share ``value`` (or, when None, ``holder`` itself) while ``t`` and ``holder`` live."""
-        key = _key(t)
-        entries, lock = self._entries, self._lock
-
-        def drop(ref: weakref.ref, key: Tuple = key) -> None:
-            with lock:
-                current = entries.get(key)
-                if current is not None and ref in (current[0], current[1]):
-                    del entries[key]
-
-        # A view made inside an op (matmul's flattening reshape) dies right after being saved:
-        # anchor the entry to its base, which lives as long as the memory can be shared.
-        anchor = t._base if t._base is not None else t
-        holder_ref = weakref.ref(holder, drop) if holder is not None else None
-        with lock:
-            entries[key] = (weakref.ref(anchor, drop), holder_ref, value)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-
-class Saved:
-    """A compressed tensor as kept for backward: the engine object, the scheme that made it (its
-    ``decompress`` is the inverse) and, when it was compressed as a reshaped view, the shape."""
-
-    __slots__ = ('packed', 'scheme', 'shape', '__weakref__')
-
-    def __init__(self, packed: Any, scheme: Any, shape: Optional[torch.Size] = None) -> None:
-        self.packed, self.scheme, self.shape = packed, scheme, shape
-
-    def unpack(self) -> Tensor:
-        out = self.scheme.decompress(self.packed)
-        return out if self.shape is None else out.reshape(self.shape)
-
-
-#: A sample (dim 0) holding fewer features than this is regrouped with the others: tensors that
-#: matmul/linear save as flattened token matrices ``(B*L, C)`` would otherwise pad every row of
-#: ``C < group_size`` features to a whole group and pay its metadata.
-MIN_SAMPLE_FEATURES = 1024
-
-
-def sample_view(t: Tensor) -> Tensor:
-    """``t`` as the engine should see it: samples along dim 0, or one sample when rows are small."""
-    if t.dim() >= 2 and t.shape[0] > 1 and t.numel() // t.shape[0] < MIN_SAMPLE_FEATURES:
-        return t.reshape(1, -1)
-    return t
-
-
-_CACHE = _ShareCache()
-#: ReLU outputs whose own save (the first one) was already turned into a mask.
-_RELU_DONE = _ShareCache()
-
-
-def share(x: Tensor, scheme: Any, exact: Optional[bool] = None, owner: Any = None,
-          regroup: bool = False) -> Any:
-    """Keep ``x`` for backward once, however many savers of the same graph ask for it.
-
-    Returns ``x`` (keep it exact: ``save_for_backward`` it) or a :class:`Saved` (``.unpack()`` in
-    backward). ``scheme.compress(x)`` runs only when no live saver kept ``x``. A saver that must
-    stay exact (``exact=True``; ``owner``: its autograd ctx, which bounds the sharing) keeps ``x``
-    and later savers reuse it; one that would compress reuses an exact ``x`` kept by another
-    saver (that costs no memory) or the compressed copy another saver made.
-    """
-    if exact:
-        if owner is not None:
-            _CACHE.put(x, EXACT, holder=owner)
-        return x
-    hit = _CACHE.get(x)
-    if hit is EXACT:
-        return x
-    if hit is not None:
-        return hit
-    view = sample_view(x) if regroup else x
-    packed = scheme.compress(view)
-    if packed is view:
-        if owner is not None:
-            _CACHE.put(x, EXACT, holder=owner)
-        return x
-    saved = Saved(packed, scheme, None if view is x else x.shape)
-    _CACHE.put(x, holder=saved)
-    return saved
-
-
-def param_storages(modules: Optional[List[nn.Module]]) -> Set[int]:
-    """Storage addresses of the parameters and buffers of ``modules``."""
-    ptrs: Set[int] = set()
-    for m in modules or ():
-        for t in list(m.parameters()) + list(m.buffers()):
-            ptrs.add(_storage_ptr(t))
-    ptrs.discard(-1)
-    ptrs.discard(0)
-    return ptrs
-
-
-def is_param_like(t: Tensor, storages: Optional[Set[int]] = None) -> bool:
-    """Whether ``t`` is a parameter or buffer, or a view/cast of a parameter (autocast copies).
-
-    Parameters are ``nn.Parameter`` objects or live in ``storages`` (the model's parameter and
-    buffer storages: frozen weights and buffers too); other leaves (inputs) are data.
-    """
-    if isinstance(t, nn.Parameter):
-        return True
-    if storages and _storage_ptr(t) in storages:
-        return True
-    if t.is_leaf:
-        return False
-    fn, depth = t.grad_fn, 0
-    while fn is not None and depth < 8:
-        name = type(fn).__name__
-        if name == 'AccumulateGrad':
-            return is_param_like(fn.variable, storages)
-        if name.rstrip('0123456789') not in _VIEW_LIKE:
-            return False
-        nxt = [f for f, _ in fn.next_functions if f is not None]
-        if len(nxt) != 1:
-            return False
-        fn, depth = nxt[0], depth + 1
-    return False
-
-
-class _ReluMask:
-    """A ReLU's saved output as a 1-bit mask; unpacks to 0/1 in the output's dtype, which is all
-    ``threshold_backward(grad, output, 0)`` reads."""
-
-    __slots__ = ('mask', 'dtype')
-
-    def __init__(self, mask: Any, dtype: torch.dtype) -> None:
-        self.mask, self.dtype = mask, dtype
-
-    def unpack(self) -> Tensor:
-        from .engine import unpack_mask
-        return unpack_mask(self.mask).to(self.dtype)
-
-
-def _is_relu_own_save(t: Tensor) -> bool:
-    fn = t.grad_fn
-    if fn is None or type(fn).__name__ != 'ReluBackward0' or _RELU_DONE.get(t) is not None:
-        return False
-    _RELU_DONE.put(t, True)
-    return True
+__all__ = ['compress_saved_tensors']
 
 
 class compress_saved_tensors(ContextDecorator):
@@ -331,20 +141,20 @@ class compress_saved_tensors(ContextDecorator):
         return scheme
 
     def _pack(self, t: Tensor) -> Any:
-        if getattr(_EXACT, 'depth', 0) > 0:  # inside a module the level keeps exact (L1 norms)
+        if in_exact_module():  # inside a module the level keeps exact (L1 norms)
             if not is_param_like(t, self._local.storages):
                 saved_bytes.record(t)
             return t
-        if t.layout == torch.strided and t.is_floating_point() and _is_relu_own_save(t):
+        if t.layout == torch.strided and t.is_floating_point() and is_relu_own_save(t):
             from .engine import pack_mask
             mask = pack_mask(t != 0)  # != 0: NaN outputs pass the gradient, as in torch
             saved_bytes.record(mask)
-            return _ReluMask(mask, t.dtype)
+            return ReluMask(mask, t.dtype)
         if not self._eligible(t):
             if not is_param_like(t, self._local.storages):
                 saved_bytes.record(t)
             return t
-        hit = _CACHE.get(t)
+        hit = CACHE.get(t)
         if hit is EXACT:
             saved_bytes.record(t)
             return t
@@ -358,119 +168,14 @@ class compress_saved_tensors(ContextDecorator):
             saved_bytes.record(t)
             return t
         saved = Saved(packed, scheme, None if view is t else t.shape)
-        _CACHE.put(t, holder=saved)
+        CACHE.put(t, holder=saved)
         saved_bytes.record(packed)
         return saved
 
     @staticmethod
     def _unpack(saved: Any) -> Tensor:
-        if isinstance(saved, _ReluMask):
+        if isinstance(saved, ReluMask):
             return saved.unpack()
         if isinstance(saved, Saved):
             return saved.unpack()
         return saved
-
-
-# ---------------------------------------------------------------------------------------------
-# Installing the context around a module's forward
-
-class _EnterHook:
-    """Forward pre-hook: enter the context when this forward will save tensors."""
-
-    def __init__(self, ctx: compress_saved_tensors) -> None:
-        self.ctx = ctx
-        self.entered = threading.local()
-
-    def __getstate__(self) -> Dict[str, Any]:
-        return {'ctx': self.ctx}
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__init__(state['ctx'])
-
-    def _stack(self) -> List[bool]:
-        stack = getattr(self.entered, 'stack', None)
-        if stack is None:
-            stack = self.entered.stack = []
-        return stack
-
-    def __call__(self, module: nn.Module, args: Any) -> None:
-        enter = module.training and torch.is_grad_enabled()
-        if enter:
-            self.ctx.enter([module])
-        self._stack().append(enter)
-
-
-class _ExitHook:
-    """Forward hook (``always_call``): leave the context entered by the matching pre-hook."""
-
-    def __init__(self, enter_hook: _EnterHook) -> None:
-        self.enter_hook = enter_hook
-
-    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        stack = self.enter_hook._stack()
-        if stack and stack.pop():
-            self.enter_hook.ctx.exit()
-
-
-_EXACT = threading.local()
-
-
-class _ExactEnter:
-    """Forward pre-hook of a module whose saved tensors must stay exact."""
-
-    def __call__(self, module: nn.Module, args: Any) -> None:
-        _EXACT.depth = getattr(_EXACT, 'depth', 0) + 1
-
-
-class _ExactExit:
-    """Forward hook (``always_call``) closing :class:`_ExactEnter`."""
-
-    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        _EXACT.depth = max(0, getattr(_EXACT, 'depth', 0) - 1)
-
-
-def keep_exact(module: nn.Module) -> None:
-    """Let saved-tensor compression leave alone what ``module``'s forward saves (e.g. the norm
-    layers a level keeps exact: L1). Idempotent; :func:`uninstall` removes it."""
-    if any(isinstance(h, _ExactEnter) for h in module._forward_pre_hooks.values()):
-        return
-    module.register_forward_pre_hook(_ExactEnter())
-    module.register_forward_hook(_ExactExit(), always_call=True)
-
-
-def install(module: nn.Module, config: Optional[CompressionConfig] = None,
-            allocator: Optional[Any] = None) -> compress_saved_tensors:
-    """Run ``module``'s forward inside :class:`compress_saved_tensors` (training + grad only).
-
-    Idempotent: a module that has it keeps its context (returned). Nothing is added to the
-    module's parameters, buffers or ``state_dict``; :func:`uninstall` removes it. The hooks are
-    plain picklable objects, so ``copy.deepcopy`` (MoCo's key encoder) and ``torch.save`` work.
-    """
-    ctx = installed(module)
-    if ctx is not None:
-        return ctx
-    ctx = compress_saved_tensors(config, allocator=allocator)
-    enter = _EnterHook(ctx)
-    module.register_forward_pre_hook(enter)
-    module.register_forward_hook(_ExitHook(enter), always_call=True)
-    return ctx
-
-
-def uninstall(module: nn.Module) -> bool:
-    """Undo :func:`install` and :func:`keep_exact`; returns whether something was installed."""
-    found = False
-    ours = (_EnterHook, _ExitHook, _ExactEnter, _ExactExit)
-    for hooks in (module._forward_pre_hooks, module._forward_hooks):
-        for hid in [k for k, h in hooks.items() if isinstance(h, ours)]:
-            del hooks[hid]
-            getattr(module, '_forward_hooks_always_called', {}).pop(hid, None)
-            found = True
-    return found
-
-
-def installed(module: nn.Module) -> Optional[compress_saved_tensors]:
-    """The context installed on ``module``, if any."""
-    for h in module._forward_pre_hooks.values():
-        if isinstance(h, _EnterHook):
-            return h.ctx
-    return None

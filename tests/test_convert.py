@@ -14,9 +14,9 @@ from torch import nn
 from actnn_mm import convert, get_allocator, revert
 from actnn_mm.conversion import is_converted
 from actnn_mm.engine import BitAllocator, CompressionConfig
+from actnn_mm.forward_context import installed
 from actnn_mm.layers import QLAYERS, TWINS, QBatchNorm2d, QConv2d, QLinear, QMaxPool2d, QReLU
 from actnn_mm.saved_bytes import measure_saved_bytes
-from actnn_mm.saved_tensors import installed
 
 L0 = CompressionConfig.from_level('L0')
 L3 = CompressionConfig.from_level('L3')

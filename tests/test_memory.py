@@ -10,8 +10,8 @@ from torch import nn
 
 from actnn_mm import convert
 from actnn_mm.engine import CompressionConfig
+from actnn_mm.forward_context import install
 from actnn_mm.saved_bytes import SavedBytesCounter, measure_saved_bytes
-from actnn_mm.saved_tensors import install
 
 
 def test_counts_each_storage_once_per_module_without_parameters() -> None:

@@ -12,9 +12,10 @@ from torch import nn
 
 from actnn_mm import convert
 from actnn_mm.engine import CompressedTensor, CompressionConfig, PackedMask
+from actnn_mm.forward_context import install, installed, uninstall
 from actnn_mm.layers import QConv2d
 from actnn_mm.saved_bytes import SavedBytesCounter, measure_saved_bytes
-from actnn_mm.saved_tensors import compress_saved_tensors, install, installed, uninstall
+from actnn_mm.saved_tensors import compress_saved_tensors
 
 L3 = CompressionConfig.from_level('L3', min_numel=64)
 L2 = CompressionConfig.from_level('L2', min_numel=64)

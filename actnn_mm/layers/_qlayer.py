@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Tuple, Type
 import torch
 from torch import Tensor, nn
 
-from .. import saved_bytes, saved_tensors
+from .. import saved_bytes, share_cache
 from ..engine import CompressionConfig, LayerScheme, get_default_config
 
 __all__ = ['AmpFunction', 'compress_active', 'inplace_on_leaf', 'get_scheme', 'save_input',
@@ -75,10 +75,10 @@ def pack_activation(x: Tensor, scheme: LayerScheme, owner: Any = None,
     """Compress ``x`` for backward, or reuse the copy another layer already made of it.
 
     Returns ``x`` itself when it is to be kept exact (then save it with ``save_for_backward``),
-    else a :class:`~actnn_mm.saved_tensors.Saved` (keep it on ``ctx``; it is reported to the
+    else a :class:`~actnn_mm.share_cache.Saved` (keep it on ``ctx``; it is reported to the
     saved-bytes counter).
     """
-    packed = saved_tensors.share(x, scheme, exact=scheme_is_exact(scheme, x), owner=owner,
+    packed = share_cache.share(x, scheme, exact=scheme_is_exact(scheme, x), owner=owner,
                                  regroup=regroup)
     if packed is not x:
         saved_bytes.record(packed.packed)
@@ -89,7 +89,7 @@ def unpack_activation(packed: Any, exact: Optional[Tensor], scheme: LayerScheme)
     """Inverse of :func:`pack_activation`: ``exact`` is what ``save_for_backward`` returned."""
     if packed is None:
         return exact
-    if isinstance(packed, saved_tensors.Saved):
+    if isinstance(packed, share_cache.Saved):
         return packed.unpack()
     return scheme.decompress(packed)
 
@@ -119,7 +119,7 @@ def save_input(ctx: Any, x: Tensor, scheme: LayerScheme, needed: bool = True,
     Sets ``ctx.x_exact`` (to pass to ``save_for_backward``, which keeps autograd's version
     checks and lets the saved-tensor hooks see it), ``ctx.packed`` and ``ctx.scheme``. With
     ``needed=False`` (e.g. a frozen weight: its gradient is the only user of ``x``) only the
-    geometry is kept. ``regroup``: see :func:`actnn_mm.saved_tensors.sample_view`.
+    geometry is kept. ``regroup``: see :func:`actnn_mm.share_cache.sample_view`.
     """
     ctx.scheme = scheme
     ctx.x_geom = None

@@ -192,7 +192,7 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 def schemes_of(modules: Iterable[nn.Module]) -> List[LayerScheme]:
     """The compression schemes that Q-layers and saved-tensor contexts in ``modules`` use."""
-    from ..saved_tensors import installed
+    from ..forward_context import installed
 
     found: Dict[int, LayerScheme] = {}
     for root in modules:

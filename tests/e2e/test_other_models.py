@@ -24,8 +24,8 @@ from e2e_helpers import (
 )
 from mmengine.config import Config
 
+from actnn_mm.forward_context import installed
 from actnn_mm.layers import QLAYERS
-from actnn_mm.saved_tensors import installed
 
 OTHER = ('mask_rcnn_r50_fpn_demo', 'mask_rcnn_swin-t_fpn_demo')
 SMALL = {'train_dataloader.dataset.pipeline.2.scale': (160, 160),

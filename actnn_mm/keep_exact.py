@@ -1,0 +1,56 @@
+"""Modules whose saved tensors saved-tensor compression must leave alone (e.g. the norm layers
+a level keeps exact: L1), marked by a pair of forward hooks around their forward."""
+from __future__ import annotations
+
+import threading
+from typing import Any, Tuple
+
+from torch import nn
+
+__all__ = ['keep_exact', 'remove_keep_exact', 'in_exact_module', 'remove_hooks']
+
+_EXACT = threading.local()
+
+
+class _ExactEnter:
+    """Forward pre-hook of a module whose saved tensors must stay exact."""
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        _EXACT.depth = getattr(_EXACT, 'depth', 0) + 1
+
+
+class _ExactExit:
+    """Forward hook (``always_call``) closing :class:`_ExactEnter`."""
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        _EXACT.depth = max(0, getattr(_EXACT, 'depth', 0) - 1)
+
+
+def keep_exact(module: nn.Module) -> None:
+    """Let saved-tensor compression leave alone what ``module``'s forward saves (e.g. the norm
+    layers a level keeps exact: L1). Idempotent; :func:`remove_keep_exact` removes it."""
+    if any(isinstance(h, _ExactEnter) for h in module._forward_pre_hooks.values()):
+        return
+    module.register_forward_pre_hook(_ExactEnter())
+    module.register_forward_hook(_ExactExit(), always_call=True)
+
+
+def remove_hooks(module: nn.Module, kinds: Tuple[type, ...]) -> bool:
+    """Remove ``module``'s forward (pre-)hooks that are instances of ``kinds``; whether any was."""
+    found = False
+    for hooks in (module._forward_pre_hooks, module._forward_hooks):
+        for hid in [k for k, h in hooks.items() if isinstance(h, kinds)]:
+            del hooks[hid]
+            getattr(module, '_forward_hooks_always_called', {}).pop(hid, None)
+            found = True
+    return found
+
+
+def remove_keep_exact(module: nn.Module) -> bool:
+    """Undo :func:`keep_exact`; whether it was there."""
+    return remove_hooks(module, (_ExactEnter, _ExactExit))
+
+
+def in_exact_module() -> bool:
+    """Whether the forward running now is inside a module marked by :func:`keep_exact`."""
+    return getattr(_EXACT, 'depth', 0) > 0
