@@ -8,8 +8,8 @@ MoCo's EMA (buffers paired by position) is unaffected. Only plain attributes are
 
 :func:`convert` returns a :class:`Conversion`: the report of what changed and the handle that
 owns the model's bit allocator. The allocator steps itself at the end of every training backward
-through the model (:mod:`actnn_mm.auto_step`), so cross-layer mixed precision needs no call
-from the training loop.
+through the model (``BitAllocator.step_at_end_of_backward``), so cross-layer mixed precision
+needs no call from the training loop.
 
 Example::
 
@@ -29,7 +29,6 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Ty
 
 from torch import nn
 
-from .auto_step import install_auto_step, remove_auto_step
 from .engine import BitAllocator, CompressionConfig, get_default_config
 from .forward_context import install, installed, uninstall
 from .keep_exact import keep_exact
@@ -289,7 +288,6 @@ def convert(model: nn.Module, config: Union[CompressionConfig, str, None] = None
         module.__dict__.pop('actnn_scheme', None)
         report.converted.append((name, cls.__name__, q_cls.__name__))
     _MODEL_ALLOCATORS[model] = allocator
-    install_auto_step(model, allocator)
     if saved_tensors:
         install(model, cfg, allocator=allocator)
     report.functional = _functional_calls(model, saved_tensors)
@@ -298,12 +296,10 @@ def convert(model: nn.Module, config: Union[CompressionConfig, str, None] = None
 
 def revert(model: nn.Module) -> int:
     """Turn every Q-layer of ``model`` back into its torch class (or original mmcv wrapper) and
-    remove saved-tensor compression and allocator stepping; returns how many modules were
-    reverted."""
+    remove saved-tensor compression; returns how many modules were reverted."""
     n = 0
     for module in model.modules():
         uninstall(module)
-        remove_auto_step(module)
         q_cls = type(module)
         if q_cls not in TWINS:
             continue

@@ -5,6 +5,12 @@ sensitivity on the host (a greedy over L x 7 items); reading them is one device-
 for all layers together, done once per ``realloc_interval`` steps (GACT re-solves every 1000),
 instead of ActNN's one synchronisation per layer per step. Between solves each layer keeps its
 average and still allocates per sample on device every step (``LayerScheme.compress``).
+
+Why it steps itself: a ``step()`` the training loop has to remember is one that gets forgotten,
+and the layers then keep their first bits forever without an error. Every backward that
+decompresses one of the allocator's tensors queues one ``step()`` for the end of that backward,
+after the gradient statistics the solve reads are in: once per backward, however many layers and
+converted parts share the allocator (:meth:`BitAllocator.step_at_end_of_backward`).
 """
 from __future__ import annotations
 
@@ -19,7 +25,8 @@ from .scheme import LayerScheme
 
 
 class BitAllocator:
-    """Owns the schemes of one model (one config); ``step()`` once per training iteration."""
+    """Owns the schemes of one model (one config); stepped once per training backward by its
+    schemes (``step()`` by hand only where no backward runs through them)."""
 
     def __init__(self, config: CompressionConfig, interval: Optional[int] = None) -> None:
         if not isinstance(config, CompressionConfig):
@@ -35,6 +42,7 @@ class BitAllocator:
         # State loaded for schemes that did not exist yet (layers build theirs lazily, at their
         # first forward; a resumed run loads the checkpoint before that): applied on register.
         self._pending: Dict[str, dict] = {}
+        self._stepped_task: Optional[int] = None  # autograd graph task that queued the last step
 
     def register(self, scheme: LayerScheme) -> LayerScheme:
         if not isinstance(scheme, LayerScheme):
@@ -56,6 +64,16 @@ class BitAllocator:
         alive = [s for s in (r() for r in self._schemes) if s is not None]
         self._schemes = [weakref.ref(s) for s in alive]
         return alive
+
+    def step_at_end_of_backward(self) -> None:
+        """Queue ``step()`` for the end of the running backward, once per backward (autograd's
+        graph task tells them apart); a no-op outside backward. Called by the schemes'
+        ``decompress``, which only backward does."""
+        task = torch._C._current_graph_task_id()
+        if task < 0 or task == self._stepped_task:
+            return
+        self._stepped_task = task
+        torch.autograd.Variable._execution_engine.queue_callback(self.step)
 
     def step(self) -> bool:
         """Count one iteration; re-solve after the first and then every ``interval``. True if

@@ -126,7 +126,10 @@ class LayerScheme:
         return c
 
     def decompress(self, saved: Union[CompressedTensor, torch.Tensor]) -> torch.Tensor:
-        """Inverse of ``compress`` (identity for a tensor kept exact)."""
+        """Inverse of ``compress`` (identity for a tensor kept exact). In a backward it also
+        has the allocator step at that backward's end (``BitAllocator.step_at_end_of_backward``)."""
+        if self.allocator is not None:
+            self.allocator.step_at_end_of_backward()
         if isinstance(saved, CompressedTensor):
             return decompress(saved)
         return saved

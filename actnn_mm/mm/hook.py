@@ -113,7 +113,8 @@ class ActNNHook(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch: Any = None,
                          outputs: Any = None) -> None:
         # Schemes are created lazily by the layers' first forward: adopt the new ones. The
-        # allocator itself was stepped by the backward (actnn_mm.auto_step), as without a hook.
+        # allocator itself was stepped by the backward (BitAllocator.step_at_end_of_backward), as
+        # without a hook.
         self._register_schemes()
         kept = self._stats.stop()
         if kept is not None:

@@ -183,7 +183,7 @@ def _run(res: ConfigResult, method: Method, model: str, batch: int, image_size: 
 
     def finish(loss: Tensor) -> None:
         losses.append(loss.detach())
-        loss.backward()  # steps the bit allocator (actnn_mm.auto_step)
+        loss.backward()  # also steps the bit allocator, at its end
         opt.step()
 
     def step() -> None:

@@ -56,7 +56,7 @@ def clear_previous(root: str, owned_dirs: Iterable[str]) -> None:
 
 def write_manifest(root: str, kind: str, params: Dict, files: List[str]) -> None:
     """Record a finished dataset; written last, so an interrupted run is never 'complete'."""
-    man = dict(generator='actnn_mm.datasets', version=FORMAT_VERSION, kind=kind, params=params,
+    man = dict(generator='actnn_tools.demo_data', version=FORMAT_VERSION, kind=kind, params=params,
                files=sorted(files))
     with open(os.path.join(root, MANIFEST), 'w') as f:
         json.dump(man, f, indent=1)
