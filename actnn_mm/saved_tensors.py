@@ -9,7 +9,11 @@ same engine and config as the Q-layers, except
 * tensors below ``config.min_numel`` elements, non-floating and non-strided tensors,
 * tensors a Q-layer already saved: the copy it made is reused, never compressed twice; a tensor
   saved by several ops is compressed once (a per-tensor cache keyed by storage, geometry and
-  version, whose entries die with the tensor).
+  version, whose entries die with the tensor),
+* what ops whose backward divides by a saved value, or takes its log or root, save (divisions,
+  ``sqrt``, ``log``, fractional powers, norms, functional normalisation; :data:`EXACT_OPS`):
+  quantization error is a fraction of the group's range, which 1/x turns into an unbounded one
+  for values near zero (SegNeXt's NMF head, ``coef * num / (den + 1e-6)``, got NaN gradients).
 
 Only tensors that require grad are compressed: what autograd saves without grad is data that
 ops may need exact (an input image, RoI boxes for RoIAlign, sampling grids, masks, noise).
@@ -42,7 +46,7 @@ from . import memory
 from .engine import CompressionConfig, LayerScheme, get_default_config
 
 __all__ = ['compress_saved_tensors', 'install', 'uninstall', 'installed', 'keep_exact', 'share',
-           'is_param_like', 'sample_view', 'Saved', 'EXACT']
+           'is_param_like', 'sample_view', 'Saved', 'EXACT', 'EXACT_OPS']
 
 #: Cache value meaning "a layer keeps this tensor exact": later savers reuse it for free.
 EXACT = object()
@@ -143,6 +147,47 @@ def sample_view(t: Tensor) -> Tensor:
     if t.dim() >= 2 and t.shape[0] > 1 and t.numel() // t.shape[0] < MIN_SAMPLE_FEATURES:
         return t.reshape(1, -1)
     return t
+
+
+#: Torch functions (by ``__name__``) whose saved tensors stay exact: their backward divides by
+#: a saved value (or its root/norm), takes its log, or normalises with it, so a rounding error
+#: that is small next to the group's range becomes unbounded next to a value near zero.
+EXACT_OPS = frozenset({
+    'div', 'div_', 'divide', 'divide_', 'true_divide', 'true_divide_', '__truediv__',
+    '__rtruediv__', '__itruediv__', '__div__', '__rdiv__', '__idiv__', 'reciprocal',
+    'reciprocal_', 'sqrt', 'sqrt_', 'log', 'log_', 'log1p', 'log1p_', 'log2', 'log10',
+    'xlogy', 'atan2', 'asin', 'acos', 'erfinv', 'norm', 'vector_norm', 'matrix_norm', 'std',
+    'var', 'std_mean', 'var_mean', 'normalize', 'cosine_similarity', 'pairwise_distance', 'cdist',
+    'batch_norm', 'layer_norm', 'group_norm', 'instance_norm', 'rms_norm', 'local_response_norm',
+})
+#: Powers whose exponent decides: ``x ** e`` is exact-kept unless e is an integer >= 1.
+POW_OPS = frozenset({'pow', 'pow_', '__pow__', '__ipow__', 'float_power'})
+
+
+def _keeps_exact(func: Any, args: Tuple[Any, ...]) -> bool:
+    name = getattr(func, '__name__', '')
+    if name in EXACT_OPS:
+        return True
+    if name in POW_OPS:
+        exponent = args[1] if len(args) > 1 else None
+        return not (isinstance(exponent, (int, float)) and float(exponent).is_integer()
+                    and exponent >= 1)
+    return False
+
+
+class _ExactOpsMode(torch.overrides.TorchFunctionMode):
+    """While active, what :data:`EXACT_OPS` calls save is kept exact (``_EXACT`` depth)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Tuple[Any, ...] = (),
+                           kwargs: Optional[Dict[str, Any]] = None) -> Any:
+        kwargs = kwargs or {}
+        if not _keeps_exact(func, args):
+            return func(*args, **kwargs)
+        _EXACT.depth = getattr(_EXACT, 'depth', 0) + 1
+        try:
+            return func(*args, **kwargs)
+        finally:
+            _EXACT.depth -= 1
 
 
 _CACHE = _ShareCache()
@@ -295,6 +340,10 @@ class compress_saved_tensors(ContextDecorator):
             local.site = 0
             local.hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
             local.hooks.__enter__()
+            local.mode = None
+            if not torch.compiler.is_compiling():
+                local.mode = _ExactOpsMode()
+                local.mode.__enter__()
         local.depth = depth + 1
 
     def exit(self) -> None:
@@ -302,7 +351,10 @@ class compress_saved_tensors(ContextDecorator):
         local.depth -= 1
         if local.depth == 0:
             hooks, local.hooks = local.hooks, None
+            mode, local.mode = getattr(local, 'mode', None), None
             local.storages = None
+            if mode is not None:
+                mode.__exit__(None, None, None)
             hooks.__exit__(None, None, None)
 
     # -- hooks --------------------------------------------------------------------------------
@@ -331,7 +383,8 @@ class compress_saved_tensors(ContextDecorator):
         return scheme
 
     def _pack(self, t: Tensor) -> Any:
-        if getattr(_EXACT, 'depth', 0) > 0:  # inside a module the level keeps exact (L1 norms)
+        if getattr(_EXACT, 'depth', 0) > 0:  # a module the level keeps exact (L1 norms), or
+            # an op of EXACT_OPS
             if not is_param_like(t, self._local.storages):
                 memory.record(t)
             return t
