@@ -15,6 +15,8 @@ sys.path.insert(0, os.path.join(ROOT, 'tools'))
 
 import zoo_check  # noqa: E402
 
+pytestmark = pytest.mark.slow  # five real models, six training steps each: minutes on 2 cores
+
 
 @pytest.fixture(scope='module')
 def results():
