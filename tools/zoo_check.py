@@ -692,7 +692,7 @@ def markdown(results: Sequence[Result], command: str, wall: float) -> str:
         '  unconverted model, same weights) and L3; MiB = 2^20 bytes.',
         '',
         f'Command: `{command}`  ',
-        f'Machine: {machine()}, torch {torch.__version__}; whole run {wall / 60:.1f} min.',
+        f'Machine: {machine()}, torch {torch.__version__}; this run {wall / 60:.1f} min.',
         '',
         '## Targets',
         '',
