@@ -158,16 +158,18 @@ EXACT_OPS = frozenset({
     'reciprocal_', 'sqrt', 'sqrt_', 'log', 'log_', 'log1p', 'log1p_', 'log2', 'log10',
     'xlogy', 'atan2', 'asin', 'acos', 'erfinv', 'norm', 'vector_norm', 'matrix_norm', 'std',
     'var', 'std_mean', 'var_mean', 'normalize', 'cosine_similarity', 'pairwise_distance', 'cdist',
-    'batch_norm', 'layer_norm', 'group_norm', 'instance_norm', 'rms_norm', 'local_response_norm',
+    'layer_norm', 'group_norm', 'instance_norm', 'rms_norm', 'local_response_norm',
 })
 #: Powers whose exponent decides: ``x ** e`` is exact-kept unless e is an integer >= 1.
 POW_OPS = frozenset({'pow', 'pow_', '__pow__', '__ipow__', 'float_power'})
 
 
-def _keeps_exact(func: Any, args: Tuple[Any, ...]) -> bool:
+def _keeps_exact(func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
     name = getattr(func, '__name__', '')
     if name in EXACT_OPS:
         return True
+    if name == 'batch_norm':  # batch statistics only; with running stats it is affine in x
+        return bool(kwargs.get('training', args[5] if len(args) > 5 else False))
     if name in POW_OPS:
         exponent = args[1] if len(args) > 1 else None
         return not (isinstance(exponent, (int, float)) and float(exponent).is_integer()
@@ -181,7 +183,7 @@ class _ExactOpsMode(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Tuple[Any, ...] = (),
                            kwargs: Optional[Dict[str, Any]] = None) -> Any:
         kwargs = kwargs or {}
-        if not _keeps_exact(func, args):
+        if not _keeps_exact(func, args, kwargs):
             return func(*args, **kwargs)
         _EXACT.depth = getattr(_EXACT, 'depth', 0) + 1
         try:
