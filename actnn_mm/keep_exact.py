@@ -3,11 +3,12 @@ a level keeps exact: L1), marked by a pair of forward hooks around their forward
 from __future__ import annotations
 
 import threading
-from typing import Any, Tuple
+from contextlib import contextmanager
+from typing import Any, Iterator, Tuple
 
 from torch import nn
 
-__all__ = ['keep_exact', 'remove_keep_exact', 'in_exact_module', 'remove_hooks']
+__all__ = ['keep_exact', 'remove_keep_exact', 'in_exact_module', 'exact_scope', 'remove_hooks']
 
 _EXACT = threading.local()
 
@@ -54,3 +55,13 @@ def remove_keep_exact(module: nn.Module) -> bool:
 def in_exact_module() -> bool:
     """Whether the forward running now is inside a module marked by :func:`keep_exact`."""
     return getattr(_EXACT, 'depth', 0) > 0
+
+
+@contextmanager
+def exact_scope() -> Iterator[None]:
+    """What is saved inside stays exact, as inside a :func:`keep_exact` module."""
+    _EXACT.depth = getattr(_EXACT, 'depth', 0) + 1
+    try:
+        yield
+    finally:
+        _EXACT.depth -= 1

@@ -76,6 +76,7 @@ REGISTERED: Dict[str, type] = {
     'QLeakyReLU': L.QLeakyReLU,
     'QGELU': QGELUBuilder,
     'QSiLU': L.QSiLU,
+    'QHardswish': L.QHardswish,
     'QMaxPool2d': L.QMaxPool2d,
     'QAvgPool2d': L.QAvgPool2d,
     'QDropout': L.QDropout,

@@ -9,7 +9,11 @@ same engine and config as the Q-layers, except
 * tensors below ``config.min_numel`` elements, non-floating and non-strided tensors,
 * tensors a Q-layer already saved: the copy it made is reused, never compressed twice; a tensor
   saved by several ops is compressed once (a per-tensor cache keyed by storage, geometry and
-  version, whose entries die with the tensor).
+  version, whose entries die with the tensor),
+* what ops whose backward divides by a saved value, or takes its log or root, save (divisions,
+  ``sqrt``, ``log``, fractional powers, norms, functional normalisation; :data:`EXACT_OPS`):
+  quantization error is a fraction of the group's range, which 1/x turns into an unbounded one
+  for values near zero (SegNeXt's NMF head, ``coef * num / (den + 1e-6)``, got NaN gradients).
 
 Only tensors that require grad are compressed: what autograd saves without grad is data that
 ops may need exact (an input image, RoI boxes for RoIAlign, sampling grids, masks, noise).
@@ -41,12 +45,52 @@ from torch import Tensor, nn
 
 from . import saved_bytes
 from .engine import CompressionConfig, LayerScheme, get_default_config
-from .keep_exact import in_exact_module
+from .keep_exact import exact_scope, in_exact_module
 from .param_like import is_param_like, param_storages
 from .relu_mask import ReluMask, is_relu_own_save
 from .share_cache import CACHE, EXACT, Saved, sample_view
 
-__all__ = ['compress_saved_tensors']
+__all__ = ['compress_saved_tensors', 'EXACT_OPS']
+
+
+#: Torch functions (by ``__name__``) whose saved tensors stay exact: their backward divides by
+#: a saved value (or its root/norm), takes its log, or normalises with it, so a rounding error
+#: that is small next to the group's range becomes unbounded next to a value near zero.
+EXACT_OPS = frozenset({
+    'div', 'div_', 'divide', 'divide_', 'true_divide', 'true_divide_', '__truediv__',
+    '__rtruediv__', '__itruediv__', '__div__', '__rdiv__', '__idiv__', 'reciprocal',
+    'reciprocal_', 'sqrt', 'sqrt_', 'log', 'log_', 'log1p', 'log1p_', 'log2', 'log10',
+    'xlogy', 'atan2', 'asin', 'acos', 'erfinv', 'norm', 'vector_norm', 'matrix_norm', 'std',
+    'var', 'std_mean', 'var_mean', 'normalize', 'cosine_similarity', 'pairwise_distance', 'cdist',
+    'layer_norm', 'group_norm', 'instance_norm', 'rms_norm', 'local_response_norm',
+})
+#: Powers whose exponent decides: ``x ** e`` is exact-kept unless e is an integer >= 1.
+POW_OPS = frozenset({'pow', 'pow_', '__pow__', '__ipow__', 'float_power'})
+
+
+def _keeps_exact(func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
+    name = getattr(func, '__name__', '')
+    if name in EXACT_OPS:
+        return True
+    if name == 'batch_norm':  # batch statistics only; with running stats it is affine in x
+        return bool(kwargs.get('training', args[5] if len(args) > 5 else False))
+    if name in POW_OPS:
+        exponent = args[1] if len(args) > 1 else None
+        return not (isinstance(exponent, (int, float)) and float(exponent).is_integer()
+                    and exponent >= 1)
+    return False
+
+
+class _ExactOpsMode(torch.overrides.TorchFunctionMode):
+    """While active, what :data:`EXACT_OPS` calls save stays exact (see :func:`exact_scope`)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Tuple[Any, ...] = (),
+                           kwargs: Optional[Dict[str, Any]] = None) -> Any:
+        kwargs = kwargs or {}
+        if not _keeps_exact(func, args, kwargs):
+            return func(*args, **kwargs)
+        with exact_scope():
+            return func(*args, **kwargs)
 
 
 class compress_saved_tensors(ContextDecorator):
@@ -105,6 +149,10 @@ class compress_saved_tensors(ContextDecorator):
             local.site = 0
             local.hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
             local.hooks.__enter__()
+            local.mode = None
+            if not torch.compiler.is_compiling():
+                local.mode = _ExactOpsMode()
+                local.mode.__enter__()
         local.depth = depth + 1
 
     def exit(self) -> None:
@@ -112,7 +160,10 @@ class compress_saved_tensors(ContextDecorator):
         local.depth -= 1
         if local.depth == 0:
             hooks, local.hooks = local.hooks, None
+            mode, local.mode = getattr(local, 'mode', None), None
             local.storages = None
+            if mode is not None:
+                mode.__exit__(None, None, None)
             hooks.__exit__(None, None, None)
 
     # -- hooks --------------------------------------------------------------------------------
@@ -141,7 +192,7 @@ class compress_saved_tensors(ContextDecorator):
         return scheme
 
     def _pack(self, t: Tensor) -> Any:
-        if in_exact_module():  # inside a module the level keeps exact (L1 norms)
+        if in_exact_module():  # a module the level keeps exact (L1 norms), or an EXACT_OPS op
             if not is_param_like(t, self._local.storages):
                 saved_bytes.record(t)
             return t

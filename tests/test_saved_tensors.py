@@ -218,3 +218,39 @@ def test_whole_faster_rcnn_trains_converted() -> None:
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert model.roi_head.bbox_head.fc_cls.weight.grad is not None
     assert exact.total / kept.total > 8
+
+
+def _multiplicative_update(x: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
+    """SegNeXt's NMF head (mmseg ``NMF2D.local_step``): ``coef * num / (den + 1e-6)`` with
+    non-negative factors, the divisor's values spanning several orders of magnitude."""
+    coef = torch.softmax(torch.bmm(x.transpose(1, 2), bases), -1)
+    for _ in range(6):
+        num = torch.bmm(x.transpose(1, 2), bases)
+        den = coef.bmm(bases.transpose(1, 2).bmm(bases))
+        coef = coef * num / (den + 1e-6)
+        num = torch.bmm(x, coef)
+        den = bases.bmm(coef.transpose(1, 2).bmm(coef))
+        bases = bases * num / (den + 1e-6)
+    return torch.bmm(bases, coef.transpose(1, 2))
+
+
+@pytest.mark.parametrize('level', ['L2', 'L3'])
+def test_divisors_stay_exact_so_multiplicative_updates_keep_finite_gradients(level: str) -> None:
+    """What a division saves stays exact (and sqrt, log, norms...: EXACT_OPS): rounding a
+    divisor to a fraction of its group's range turns 1/den into 1/1e-6 near zero (SegNeXt at L2
+    and L3 got NaN gradients); the matmuls around it are still compressed."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 64, 1024).pow(4).requires_grad_()
+    bases = F.normalize(torch.rand(2, 64, 16), dim=1)
+    g = torch.randn(2, 64, 1024)
+    _multiplicative_update(x, bases).backward(g)
+    exact = x.grad.clone()
+    x.grad = None
+    cfg = CompressionConfig.from_level(level, min_numel=64)
+    with SavedBytesCounter(keep_objects=True) as counter:
+        with compress_saved_tensors(cfg):
+            y = _multiplicative_update(x, bases)
+    y.backward(g)
+    assert torch.isfinite(x.grad).all()
+    assert float((x.grad - exact).norm() / exact.norm()) < 1.0
+    assert _objects(counter, CompressedTensor), 'nothing compressed at all'

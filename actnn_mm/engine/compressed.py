@@ -7,8 +7,10 @@ Bits are uniform (1, 2, 4, 8) or per sample (int32 [N], 1..8) with per-sample by
 """
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Iterator, Optional, Tuple, Union
 
 import torch
 
@@ -96,6 +98,33 @@ def _check_bits_tensor(bits: torch.Tensor, x: torch.Tensor, n: int,
     return bits, bits_sum
 
 
+_ROUNDING = threading.local()
+
+
+@contextmanager
+def rounding_generator(generator: Optional[torch.Generator]) -> Iterator[None]:
+    """Draw stochastic rounding from ``generator`` (in this thread) when a call names none.
+
+    A CPU generator serves tensors of every device (one host draw per call, like the default);
+    a CUDA generator serves CUDA tensors (its graph-safe Philox state).
+
+    By default rounding draws from torch's default CPU generator, so after conversion the
+    model's own CPU random ops (dropout, proposal sampling, masking) see a different stream than
+    in the exact model with the same seed. With a generator of its own the model's stream is
+    untouched: exact and compressed runs of one seed then differ by the compression alone.
+    ``None`` restores the default inside the block.
+    """
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f'generator must be a torch.Generator or None, got '
+                         f'{type(generator).__name__}')
+    previous = getattr(_ROUNDING, 'generator', None)
+    _ROUNDING.generator = generator
+    try:
+        yield
+    finally:
+        _ROUNDING.generator = previous
+
+
 def _random_stream(x: torch.Tensor, generator: Optional[torch.Generator], seed: Optional[int],
                    offset: int) -> Tuple[bool, int, int]:
     """(use_generator, seed, offset) for the op: an explicit seed, else the torch generator."""
@@ -145,6 +174,13 @@ def _compress_impl(x: torch.Tensor, bits: Union[int, torch.Tensor], *, group_siz
     x = x.detach()
     buf, layout = flatten_samples(x)
     n = layout.num_samples
+    if generator is None and seed is None and stochastic:
+        generator = getattr(_ROUNDING, 'generator', None)
+        if generator is not None and generator.device.type == 'cpu':
+            # The (seed, offset) pair the default path draws, from this generator: the same
+            # host draw for tensors of any device.
+            seed, offset = torch.randint(0, 2**63 - 1, (2, ), generator=generator).tolist()
+            generator = None
     use_gen, s, o = _random_stream(x, generator, seed, offset)
     if isinstance(bits, torch.Tensor):
         sample_bits, total = _check_bits_tensor(bits, x, n, bits_sum)

@@ -7,7 +7,7 @@ needs, compressed by :mod:`actnn_mm.engine`; in ``eval()``/``no_grad`` it is the
 import torch.nn as _nn
 
 from ._qlayer import q_getstate
-from .activation import QGELU, QLeakyReLU, QReLU, QSiLU
+from .activation import QGELU, QHardswish, QLeakyReLU, QReLU, QSiLU
 from .conv import QConv1d, QConv2d, QConv3d, QConvTranspose1d, QConvTranspose2d, QConvTranspose3d
 from .dropout import QDropout, QDropout2d
 from .linear import QLinear
@@ -41,6 +41,7 @@ QLAYERS = {
     _nn.LeakyReLU: QLeakyReLU,
     _nn.GELU: QGELU,
     _nn.SiLU: QSiLU,
+    _nn.Hardswish: QHardswish,
     _nn.MaxPool2d: QMaxPool2d,
     _nn.AvgPool2d: QAvgPool2d,
     _nn.Dropout: QDropout,
@@ -69,5 +70,6 @@ __all__ = ['QConv1d', 'QConv2d', 'QConv3d', 'QConvTranspose1d', 'QConvTranspose2
            'QConvTranspose3d', 'QLinear', 'QBatchNorm1d', 'QBatchNorm2d', 'QBatchNorm3d',
            'QBatchNormXd', 'QLAYERS_BY_NAME',
            'QSyncBatchNorm', 'QLayerNorm', 'QGroupNorm', 'QReLU', 'QLeakyReLU', 'QGELU', 'QSiLU',
+           'QHardswish',
            'QMaxPool2d', 'QAvgPool2d', 'QDropout', 'QDropout2d', 'QLAYERS', 'TWINS',
            'NORM_LAYERS']

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .. import saved_bytes, share_cache
 from ..engine import CompressionConfig, LayerScheme, get_default_config
 
-__all__ = ['AmpFunction', 'compress_active', 'inplace_on_leaf', 'get_scheme', 'save_input',
+__all__ = ['AmpFunction', 'owned_output', 'compress_active', 'inplace_on_leaf', 'get_scheme', 'save_input',
            'load_input', 'pack_activation', 'unpack_activation', 'autocast_dtype',
            'cast_for_autocast', 'suggest_memory_format', 'q_getstate']
 
@@ -179,13 +179,46 @@ def cast_for_autocast(policy: str, *tensors: Optional[Tensor]) -> Tuple[Optional
                  else t for t in tensors)
 
 
+def owned_output(out: Any, inputs: Tuple[Any, ...]) -> Any:
+    """``out`` with every tensor that is a view (and not an input returned in place) replaced by
+    a non-view alias of the same memory.
+
+    Why: autograd forbids modifying in place a custom Function's output that is a view (the
+    view + in-place rewrite would bypass the Function's backward), and ops such as ``F.linear`` on
+    a 3-D input return a view of their 2-D result. Models do modify such outputs in place
+    (``x += residual``, ``out.mul_(scale)``: DETR's decoder, mmcv's ``FFN``), which the twin
+    allows since its output is a fresh autograd result. ``aten._unsafe_view`` is what ATen itself
+    uses for this (``matmul``): same memory, same strides, no view relationship.
+    """
+    def own(t: Any) -> Any:
+        if isinstance(t, Tensor) and t._is_view() and not any(t is i for i in inputs):
+            return torch.ops.aten._unsafe_view(t, t.size())
+        return t
+
+    if isinstance(out, tuple):
+        return tuple(own(t) for t in out)
+    return own(out)
+
+
+def _owning_forward(forward: Any) -> Any:
+    """``forward`` whose outputs go through :func:`owned_output`."""
+    def wrapped(ctx: Any, *args: Any) -> Any:
+        return owned_output(forward(ctx, *args), args)
+
+    wrapped.__name__ = getattr(forward, '__name__', 'forward')
+    wrapped.__qualname__ = getattr(forward, '__qualname__', 'forward')
+    return wrapped
+
+
 class AmpFunction:
     """An autograd Function with ``torch.amp.custom_fwd``/``custom_bwd`` for the input's device.
 
     ``torch.amp.custom_fwd`` needs the device type at decoration time; Q-layers run on CPU and
     CUDA alike, so one decorated ``torch.autograd.Function`` is built per device type on first
     use. Subclasses define static ``forward(ctx, x, ...)`` and ``backward(ctx, *grads)`` like a
-    Function and call ``Cls.apply(x, ...)``; the first argument's device picks the variant.
+    Function and call ``Cls.apply(x, ...)``; the first argument's device picks the variant. Its
+    outputs are never views (:func:`owned_output`), so they can be modified in place like the
+    twin's.
     """
 
     _variants: Dict[str, Type[torch.autograd.Function]]
@@ -201,7 +234,7 @@ class AmpFunction:
             amp_type = device_type if torch.amp.is_autocast_available(device_type) else 'cpu'
             fn = type(cls.__name__, (torch.autograd.Function, ), {
                 'forward': staticmethod(
-                    torch.amp.custom_fwd(cls.forward, device_type=amp_type)),
+                    torch.amp.custom_fwd(_owning_forward(cls.forward), device_type=amp_type)),
                 'backward': staticmethod(
                     torch.amp.custom_bwd(cls.backward, device_type=amp_type)),
                 '__module__': cls.__module__,

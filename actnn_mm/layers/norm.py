@@ -1,5 +1,6 @@
-"""Q-normalisation layers: the input is saved compressed (kept exact when the level says so,
-e.g. L1); mean/rstd statistics (one value per channel or row) are kept as they are."""
+"""Q-normalisation layers: the input is saved normalised and compressed (kept exact when the
+level says so, e.g. L1); mean/rstd statistics (one value per channel, row or group) are kept as
+they are."""
 from __future__ import annotations
 
 import math
@@ -24,26 +25,37 @@ from ._qlayer import (
 from ._sync_bn_cpu import per_channel, stats_dtype
 
 __all__ = ['QBatchNorm1d', 'QBatchNorm2d', 'QBatchNorm3d', 'QBatchNormXd', 'QSyncBatchNorm',
-           'QLayerNorm', 'QGroupNorm', 'batch_norm_function']
+           'QLayerNorm', 'QGroupNorm', 'batch_norm_function', 'save_normalized_input']
 
 
 # ---------------------------------------------------------------------------------------------
 # Batch norm
 
-def save_bn_input(ctx: Any, x: Tensor, mean: Tensor, invstd: Tensor, scheme: Any) -> None:
-    """Save a batch norm's input for backward: exact as is, else *normalised* and compressed.
+def save_normalized_input(ctx: Any, x: Tensor, mean: Tensor, invstd: Tensor,
+                          scheme: Any) -> None:
+    """Save a normalisation layer's input for backward: exact as is, else *normalised* and
+    compressed.
 
-    The backward reads the input only through x_hat = (x - mean) * invstd. Quantizing x itself
-    puts each group's step (set by the widest channel in the group) against channels whose batch
-    spread can be far smaller, and invstd (up to 1/sqrt(eps)) multiplies that error: ResNet-50 at
-    L3 on 32x32 inputs, batch 2 (1x1 maps in the last stage, 2 values per channel) got weight
-    gradients of 1e19-1e22. x_hat has unit spread in every channel, so the error stays a fraction
-    of a step of a unit-scale tensor. Sets ``ctx.normalized``.
+    ``mean``/``invstd`` broadcast against ``x`` (per channel for batch norm, per row for layer
+    norm, per sample and group for group norm). Every norm backward reads its input only through
+    x_hat = (x - mean) * invstd. Quantizing x itself puts each quantization group's step (set by
+    the widest channel/row in the group) against channels/rows whose spread can be far smaller,
+    and invstd (up to 1/sqrt(eps)) multiplies that error: ResNet-50 at L3 on 32x32 inputs,
+    batch 2 (1x1 maps, 2 values per BN channel) got weight gradients of 1e19-1e22; DeiT's first
+    LayerNorm (rows of cls_token + pos_embed with a spread of ~0.02) gave gradients 1e5x the
+    minibatch noise. x_hat has unit spread in every channel/row, so the error stays a fraction of
+    a step of a unit-scale tensor. One elementwise pass (a kernel could fuse it into the
+    quantizer). Sets ``ctx.normalized``.
     """
     ctx.normalized = scheme_is_exact(scheme, x) is not True
     if ctx.normalized:
-        x = ((x - per_channel(mean, x)) * per_channel(invstd, x)).to(x.dtype)
+        x = ((x - mean) * invstd).to(x.dtype)
     save_input(ctx, x, scheme)
+
+
+def save_bn_input(ctx: Any, x: Tensor, mean: Tensor, invstd: Tensor, scheme: Any) -> None:
+    """:func:`save_normalized_input` with batch norm's per-channel (C,) statistics."""
+    save_normalized_input(ctx, x, per_channel(mean, x), per_channel(invstd, x), scheme)
 
 
 def bn_backward_args(ctx: Any, weight: Optional[Tensor], mean: Tensor,
@@ -56,6 +68,21 @@ def bn_backward_args(ctx: Any, weight: Optional[Tensor], mean: Tensor,
         return weight, mean, invstd
     scale = invstd if weight is None else weight.to(invstd.dtype) * invstd
     return scale, torch.zeros_like(mean), torch.ones_like(invstd)
+
+
+def normalized_backward_stats(ctx: Any, mean: Tensor, invstd: Tensor
+                              ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """(mean, invstd, input-gradient scale) for layer/group norm backward ops given what
+    :func:`save_normalized_input` kept.
+
+    For a normalised input x_hat the ops run with mean 0 and invstd 1 (they then see x_hat
+    itself): the weight and bias gradients, sum(dy * x_hat) and sum(dy), are the same, and the
+    input gradient, invstd * (w dy - mean(w dy) - x_hat * mean(w dy x_hat)), lacks only the
+    per-row/group factor invstd, returned as the scale (None: nothing to rescale).
+    """
+    if not ctx.normalized:
+        return mean, invstd, None
+    return torch.zeros_like(mean), torch.ones_like(invstd), invstd
 
 
 class _BatchNormFunction(AmpFunction):
@@ -284,7 +311,7 @@ class _LayerNormFunction(AmpFunction):
                 bias: Optional[Tensor], eps: float, scheme: Any) -> Tensor:
         out, mean, rstd = torch.ops.aten.native_layer_norm(x, normalized_shape, weight, bias,
                                                            eps)
-        save_input(ctx, x, scheme)
+        save_normalized_input(ctx, x, mean, rstd, scheme)  # per-row stats broadcast against x
         ctx.save_for_backward(ctx.x_exact, weight, bias, mean, rstd)
         ctx.x_exact = None
         ctx.normalized_shape = normalized_shape
@@ -297,8 +324,11 @@ class _LayerNormFunction(AmpFunction):
         ctx.scheme.observe_grad(grad_out)
         mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[2],
                 bias is not None and ctx.needs_input_grad[3]]
+        mean, rstd, gx_scale = normalized_backward_stats(ctx, mean, rstd)
         gx, gw, gb = torch.ops.aten.native_layer_norm_backward(
             grad_out, x, ctx.normalized_shape, mean, rstd, weight, bias, mask)
+        if gx is not None and gx_scale is not None:
+            gx = gx * gx_scale.to(gx.dtype)
         return gx, None, gw, gb, None, None
 
 
@@ -315,6 +345,13 @@ class QLayerNorm(nn.LayerNorm):
                                         get_scheme(self, 'norm'))
 
 
+def per_group(t: Tensor, x: Tensor, groups: int) -> Tensor:
+    """Group norm's (N, groups) statistics shaped (N, C, 1, ...) to broadcast against ``x``."""
+    n, c = x.shape[0], x.shape[1]
+    per_c = t.reshape(n, groups, 1).expand(n, groups, c // groups).reshape(n, c)
+    return per_c.view([n, c] + [1] * (x.dim() - 2))
+
+
 class _GroupNormFunction(AmpFunction):
 
     @staticmethod
@@ -326,7 +363,8 @@ class _GroupNormFunction(AmpFunction):
         x = x.contiguous(memory_format=mf)
         out, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, n, c, hxw,
                                                            num_groups, eps)
-        save_input(ctx, x, scheme)
+        save_normalized_input(ctx, x, per_group(mean, x, num_groups),
+                              per_group(rstd, x, num_groups), scheme)
         ctx.save_for_backward(ctx.x_exact, weight, mean, rstd)
         ctx.x_exact = None
         ctx.conf = (n, c, hxw, num_groups, mf)
@@ -340,9 +378,12 @@ class _GroupNormFunction(AmpFunction):
         n, c, hxw, groups, mf = ctx.conf
         mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
                 weight is not None and ctx.needs_input_grad[2]]
+        mean, rstd, gx_scale = normalized_backward_stats(ctx, mean, rstd)
         gx, gw, gb = torch.ops.aten.native_group_norm_backward(
             grad_out.contiguous(memory_format=mf), x, mean, rstd, weight, n, c, hxw, groups,
             mask)
+        if gx is not None and gx_scale is not None:
+            gx = gx * per_group(gx_scale, gx, groups).to(gx.dtype)
         return gx, gw, gb, None, None, None
 
 

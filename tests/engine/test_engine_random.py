@@ -5,6 +5,7 @@ CPU and CUDA (the CUDA half, and the graph-capture exception: tests/engine/test_
 The kernel's draw and the pure-PyTorch reference's draw are the same numbers."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from actnn_mm.engine import compress, reference
@@ -63,3 +64,24 @@ def test_explicit_generator_replaces_the_default_one() -> None:
     assert torch.equal(a.payload, compress(x, 2, generator=g2).payload)
     torch.manual_seed(9)  # and a generator seeded like the default one draws like it
     assert torch.equal(a.payload, compress(x, 2).payload)
+
+
+def test_rounding_generator_replaces_the_default_one_and_leaves_it_alone() -> None:
+    """Inside ``rounding_generator(g)`` rounding draws from g as ``generator=g`` would, and the
+    default generator (the model's dropout, sampling, masking) is not advanced."""
+    from actnn_mm.engine import rounding_generator
+
+    x = torch.randn(4, 700)
+    a = compress(x, 2, generator=torch.Generator().manual_seed(9))
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    with rounding_generator(torch.Generator().manual_seed(9)):
+        b = compress(x, 2)
+    assert torch.equal(a.payload, b.payload) and torch.equal(a.meta, b.meta)
+    assert torch.equal(torch.get_rng_state(), before)
+    c = compress(x, 2)  # outside: the default generator again
+    torch.manual_seed(0)
+    assert torch.equal(c.payload, compress(x, 2).payload)
+    with pytest.raises(ValueError, match='torch.Generator'):
+        with rounding_generator(3):
+            pass

@@ -42,7 +42,7 @@ class Case:
     @property
     def inplace(self) -> bool:
         return bool(self.kwargs.get('inplace') or (self.args and self.twin in (
-            nn.ReLU, nn.SiLU, nn.Dropout, nn.Dropout2d) and self.args[-1] is True))
+            nn.ReLU, nn.SiLU, nn.Hardswish, nn.Dropout, nn.Dropout2d) and self.args[-1] is True))
 
 
 C = Case
@@ -103,6 +103,8 @@ CASES = [
     C(nn.GELU, (), dict(approximate='tanh')),
     C(nn.SiLU),
     C(nn.SiLU, (), dict(inplace=True)),
+    C(nn.Hardswish),
+    C(nn.Hardswish, (), dict(inplace=True)),
     # pooling
     C(nn.MaxPool2d, (2, )),
     C(nn.MaxPool2d, (3, 2, 1)),

@@ -7,7 +7,8 @@ group range / (2^bits - 1), read from the compressed tensor's metadata). Hence:
   statistics) are unbiased: the mean over seeds matches the exact gradient within its standard
   error (statistic T = |mean - exact|^2 / (sum var / K), about 1 when unbiased);
 * their mean squared error is bounded by the variance formula pushed through the layer
-  (e.g. ``conv_weight_grad(grad^2, step^2/4)``), and for GELU/SiLU by Lipschitz(f') ^ 2 times it;
+  (e.g. ``conv_weight_grad(grad^2, step^2/4)``); GELU/SiLU/Hardswish compress their derivative,
+  so their input gradient is linear in what is saved too;
 * gradients that do not read the saved input (conv/linear input grads) stay exact.
 """
 from __future__ import annotations
@@ -189,24 +190,70 @@ def test_batch_norm_on_tiny_maps_keeps_gradients_at_the_scale_of_the_exact_ones(
         torch.testing.assert_close(gp['bias'], ex_p['bias'])
 
 
+def _tiny_variance_rows(kind: str) -> Tuple[nn.Module, torch.Tensor]:
+    """A norm whose rows (LayerNorm) or groups (GroupNorm) have a spread ~1e-2..1e-3 next to
+    rows of spread ~3 in the same quantization group: DeiT's cls_token + pos_embed row at init
+    in the first LayerNorm."""
+    torch.manual_seed(0)
+    if kind == 'layernorm':
+        x = torch.cat([torch.randn(2, 1, 192) * 0.02, torch.randn(2, 196, 192) * 3 + 1], 1)
+        return nn.LayerNorm(192), x
+    x = torch.cat([torch.randn(2, 8, 4, 4) * 1e-3, torch.randn(2, 56, 4, 4) * 5], 1)
+    return nn.GroupNorm(8, 64), x
+
+
+@pytest.mark.parametrize('level', list(LEVELS))
+@pytest.mark.parametrize('kind', ['layernorm', 'groupnorm'])
+def test_norm_with_tiny_variance_rows_keeps_gradients_at_the_scale_of_the_exact_ones(
+        kind: str, level: str) -> None:
+    """The saved input is normalised per row/group before it is quantized, so rstd (up to
+    1/sqrt(eps)) cannot multiply the rounding error of a group set by wider rows. (Quantizing x
+    itself: input-gradient errors of 40-8000x the exact gradient here.)"""
+    m, x = _tiny_variance_rows(kind)
+    twin, q = _pair(m, LEVELS[level])
+    grad, ex_x, ex_p, runs = _collect(twin, q, x)
+    for gx, gp, _ in runs[:4]:
+        assert float((gx - ex_x).norm() / ex_x.norm()) < 1.0
+        assert float((gp['weight'] - ex_p['weight']).norm() / ex_p['weight'].norm()) < 1.5
+        torch.testing.assert_close(gp['bias'], ex_p['bias'])
+    _assert_unbiased([r[1]['weight'] for r in runs], ex_p['weight'])
+
+
 ACTIVATIONS = [
-    ('gelu', lambda: nn.GELU(), 2 * math.exp(0) / math.sqrt(2 * math.pi)),  # max |gelu''|
-    ('gelu-tanh', lambda: nn.GELU(approximate='tanh'), 0.81),
-    ('silu', lambda: nn.SiLU(), 0.5),  # max |silu''|
+    ('gelu', lambda: nn.GELU()),
+    ('gelu-tanh', lambda: nn.GELU(approximate='tanh')),
+    ('silu', lambda: nn.SiLU()),
+    ('hardswish', lambda: nn.Hardswish()),
 ]
 
 
 @pytest.mark.parametrize('level', list(LEVELS))
-@pytest.mark.parametrize('name,make,lipschitz', ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
-def test_activation_input_grad_within_lipschitz_bound(name: str, make: Callable,
-                                                      lipschitz: float, level: str) -> None:
+@pytest.mark.parametrize('name,make', ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
+def test_activation_input_grad_unbiased_and_within_variance_bound(name: str, make: Callable,
+                                                                 level: str) -> None:
+    """The derivative f'(x) is what is compressed, so the input gradient grad * f'^ is unbiased
+    with E|grad (f'^ - f')|^2 <= sum grad^2 step^2 / 4 (steps of f', whose range is ~1)."""
     twin, q = _pair(make(), LEVELS[level])
-    x = torch.randn(4, 8, 12, 12)
+    x = torch.randn(4, 8, 12, 12) * 3
     grad, ex_x, _, runs = _collect(twin, q, x)
-    var_x = _element_var_bound(runs[0][2][0], x.shape)
-    # |f'(x^) - f'(x)| <= L |x^ - x| and E|x^ - x|^2 <= step^2 / 4.
-    bound = (grad.pow(2) * var_x).sum().item() * lipschitz ** 2
-    _assert_mse_within([r[0] for r in runs], ex_x, bound)
+    _assert_unbiased([r[0] for r in runs], ex_x)
+    var_d = _element_var_bound(runs[0][2][0], x.shape)
+    _assert_mse_within([r[0] for r in runs], ex_x, (grad.pow(2) * var_d).sum().item())
+
+
+@pytest.mark.parametrize('level', list(LEVELS))
+@pytest.mark.parametrize('name,make', ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
+def test_activation_on_wide_pre_activations_keeps_the_input_grad_close(name: str, make: Callable,
+                                                                       level: str) -> None:
+    """Pre-activations spanning ~[-15, 15] in a group (BN outputs with a large weight): rounding
+    the input to 2-4 bits moved f'(x) by up to |f''| x step, several times f''s own range, so
+    the input gradient was off by more than its own norm at L3; the derivative keeps it a
+    fraction."""
+    twin, q = _pair(make(), LEVELS[level])
+    x = torch.randn(2, 16, 8, 8) * 5
+    _, ex_x, _, runs = _collect(twin, q, x)
+    for gx, _, _ in runs[:4]:
+        assert float((gx - ex_x).norm() / ex_x.norm()) < (0.1 if level == 'L2' else 0.5)
 
 
 def test_l3_uses_fewer_bits_than_l2() -> None:

@@ -134,6 +134,7 @@ BAD_INPUTS = [
     (nn.ReLU(inplace=True), (2, 4)),  # in place on a leaf that requires grad
     (nn.LeakyReLU(0.1, inplace=True), (2, 4)),
     (nn.SiLU(inplace=True), (2, 4)),
+    (nn.Hardswish(inplace=True), (2, 4)),
     (nn.Dropout(0.5, inplace=True), (2, 4)),
 ]
 
@@ -152,7 +153,7 @@ def test_bad_input_raises_the_twins_error(twin: nn.Module, shape: Tuple[int, ...
 
 
 def _ctor_args(m: nn.Module) -> Tuple:
-    if isinstance(m, (nn.ReLU, nn.SiLU)):
+    if isinstance(m, (nn.ReLU, nn.SiLU, nn.Hardswish)):
         return (m.inplace, )
     if isinstance(m, nn.LeakyReLU):
         return (m.negative_slope, m.inplace)

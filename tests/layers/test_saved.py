@@ -146,3 +146,30 @@ def test_retain_graph_backward_twice() -> None:
     first = conv.weight.grad.clone()
     y.backward()
     assert torch.allclose(conv.weight.grad, 2 * first, rtol=0.5, atol=1e-3)
+
+
+@pytest.mark.parametrize('shape', [(2, 7, 32), (2, 3, 5, 32)], ids=['3d', '4d'])
+def test_linear_output_can_be_modified_in_place(shape) -> None:
+    """F.linear returns a view of its 2-D result for inputs with several leading dims; a custom
+    Function's view output may not be modified in place (DETR's decoder, mmcv's FFN add the
+    residual in place), so the Q-layers return non-view outputs. Same gradients as the twin."""
+    twin = nn.Linear(32, 16)
+    q = QLinear(32, 16)
+    q.load_state_dict(twin.state_dict())
+    q.actnn_config = CompressionConfig.from_level('L0')
+    x = torch.randn(shape)
+    grads = []
+    for m in (twin, q):
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        assert m is twin or not y._is_view()
+        y += 1.0
+        y.mul_(2.0)
+        y.pow(2).sum().backward()
+        grads.append((xi.grad, m.weight.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    q.actnn_config = L3
+    y = q(x.clone().requires_grad_())
+    y.add_(1.0)  # compressed: still allowed
+    y.sum().backward()
+    assert torch.isfinite(q.weight.grad).all()
