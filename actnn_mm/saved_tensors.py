@@ -151,15 +151,24 @@ _RELU_DONE = _ShareCache()
 
 
 def share(x: Tensor, scheme: Any, exact: Optional[bool] = None, owner: Any = None,
-          regroup: bool = False) -> Any:
+          regroup: bool = False, affine: Any = None) -> Any:
     """Keep ``x`` for backward once, however many savers of the same graph ask for it.
 
     Returns ``x`` (keep it exact: ``save_for_backward`` it) or a :class:`Saved` (``.unpack()`` in
     backward). ``scheme.compress(x)`` runs only when no live saver kept ``x``. A saver that must
     stay exact (``exact=True``; ``owner``: its autograd ctx, which bounds the sharing) keeps ``x``
     and later savers reuse it; one that would compress reuses an exact ``x`` kept by another
-    saver (that costs no memory) or the compressed copy another saver made.
+    saver (that costs no memory) or the compressed copy another saver made. With ``affine``
+    the compressed copy is of the transformed x (a norm layer's normalised input): it is neither
+    looked up nor offered to other savers.
     """
+    if affine is not None and not exact:
+        packed = scheme.compress(x, affine)
+        if packed is x:
+            if owner is not None:
+                _CACHE.put(x, EXACT, holder=owner)
+            return x
+        return Saved(packed, scheme)
     if exact:
         if owner is not None:
             _CACHE.put(x, EXACT, holder=owner)
@@ -227,8 +236,8 @@ class _ReluMask:
         self.mask, self.dtype = mask, dtype
 
     def unpack(self) -> Tensor:
-        from .engine import unpack_mask
-        return unpack_mask(self.mask).to(self.dtype)
+        from .engine.mask import unpack_mask_as
+        return unpack_mask_as(self.mask, self.dtype)
 
 
 def _is_relu_own_save(t: Tensor) -> bool:
@@ -336,8 +345,8 @@ class compress_saved_tensors(ContextDecorator):
                 memory.record(t)
             return t
         if t.layout == torch.strided and t.is_floating_point() and _is_relu_own_save(t):
-            from .engine import pack_mask
-            mask = pack_mask(t != 0)  # != 0: NaN outputs pass the gradient, as in torch
+            from .engine.mask import pack_nonzero
+            mask = pack_nonzero(t)  # != 0: NaN outputs pass the gradient, as in torch
             memory.record(mask)
             return _ReluMask(mask, t.dtype)
         if not self._eligible(t):

@@ -3,15 +3,16 @@ e.g. L1); mean/rstd statistics (one value per channel or row) are kept as they a
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..engine.compressed import Affine
 from . import _sync_bn_cpu
-from ._sync_bn_cpu import per_channel, stats_dtype
+from ._sync_bn_cpu import stats_dtype
 from ._common import (AmpFunction, cast_for_autocast, compress_active, get_scheme, load_input,
                       save_input, scheme_is_exact, suggest_memory_format)
 
@@ -30,12 +31,15 @@ def save_bn_input(ctx: Any, x: Tensor, mean: Tensor, invstd: Tensor, scheme: Any
     spread can be far smaller, and invstd (up to 1/sqrt(eps)) multiplies that error: ResNet-50 at
     L3 on 32x32 inputs, batch 2 (1x1 maps in the last stage, 2 values per channel) got weight
     gradients of 1e19-1e22. x_hat has unit spread in every channel, so the error stays a fraction
-    of a step of a unit-scale tensor. Sets ``ctx.normalized``.
+    of a step of a unit-scale tensor. The normalisation runs inside the compression kernel (an
+    ``Affine`` pre-transform per channel, any memory format): no elementwise ops, no x_hat
+    tensor. Sets ``ctx.normalized`` (False when x is kept exact as it is).
     """
-    ctx.normalized = scheme_is_exact(scheme, x) is not True
-    if ctx.normalized:
-        x = ((x - per_channel(mean, x)) * per_channel(invstd, x)).to(x.dtype)
-    save_input(ctx, x, scheme)
+    if scheme_is_exact(scheme, x) is True:
+        save_input(ctx, x, scheme)
+    else:
+        save_input(ctx, x, scheme, affine=Affine(mean, invstd, dim=1))
+    ctx.normalized = ctx.packed is not None
 
 
 def bn_backward_args(ctx: Any, weight: Optional[Tensor], mean: Tensor,
@@ -47,7 +51,21 @@ def bn_backward_args(ctx: Any, weight: Optional[Tensor], mean: Tensor,
     if not ctx.normalized:
         return weight, mean, invstd
     scale = invstd if weight is None else weight.to(invstd.dtype) * invstd
-    return scale, torch.zeros_like(mean), torch.ones_like(invstd)
+    zeros, ones = _unit_stats(invstd)
+    return scale, zeros, ones
+
+
+_UNIT_STATS: Dict[Tuple[int, torch.dtype, torch.device], Tuple[Tensor, Tensor]] = {}
+
+
+def _unit_stats(like: Tensor) -> Tuple[Tensor, Tensor]:
+    """Zeros and ones shaped like ``like`` (read-only inputs of the backward ops), made once per
+    (size, dtype, device) instead of twice per backward."""
+    key = (like.numel(), like.dtype, like.device)
+    pair = _UNIT_STATS.get(key)
+    if pair is None:
+        pair = _UNIT_STATS[key] = (torch.zeros_like(like), torch.ones_like(like))
+    return pair
 
 
 class _BatchNormFunction(AmpFunction):
