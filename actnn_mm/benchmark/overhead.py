@@ -10,7 +10,8 @@ how fast the kernels are, so a count says where launch overhead comes from on an
   ``view``, ``t``, ``select``, ``detach``, ``expand``, ...), metadata queries (``sym_size``,
   ``is_contiguous``...) and allocations that launch nothing (``empty``, ``empty_strided``,
   ``empty_like``, counted apart as ``allocs``);
-* host reads: ``_local_scalar_dense`` (``item()``, ``int(t)``, ``bool(t)``), ops whose output size
+* host reads: ``_local_scalar_dense`` (``item()``, ``int(t)``, ``bool(t)``; not a compute op),
+  ops whose output size
   depends on the values (``nonzero``, ``unique``, ``masked_select``), ``equal``/``is_nonzero``,
   copies from an accelerator to the CPU, and ``Tensor.tolist()``/``Tensor.numpy()`` (which read
   CPU tensors without dispatching an op; patched while the counter is active).
@@ -29,7 +30,8 @@ __all__ = ['OpCounter']
 METADATA_OPS = frozenset({
     'sym_size', 'sym_stride', 'sym_numel', 'sym_storage_offset', 'is_contiguous',
     'is_strides_like_format', 'is_non_overlapping_and_dense', 'size', 'stride', 'numel',
-    'dim', 'is_same_size', 'lift_fresh', 'record_stream', 'set_'})
+    'dim', 'is_same_size', 'lift_fresh', 'record_stream', 'set_', '_unsafe_view',
+    '_reshape_alias'})
 #: Allocations without a kernel launch.
 ALLOC_OPS = frozenset({'empty', 'empty_strided', 'empty_like', 'new_empty',
                        'new_empty_strided'})
@@ -90,7 +92,7 @@ class OpCounter(TorchDispatchMode):
             self._read(name)
         elif _device_to_host(func, args, kwargs, out):
             self._read(f'{name} to cpu')
-        if name in METADATA_OPS or _is_view(func):
+        if name in METADATA_OPS or name in ('_local_scalar_dense', 'item') or _is_view(func):
             return out
         if name in ALLOC_OPS:
             self.allocs += 1

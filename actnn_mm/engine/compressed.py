@@ -173,8 +173,9 @@ class Affine:
     normalisation layer saves its normalised input without running elementwise ops for it.
 
     ``dim``: shift/scale hold one value per index of that dim (batch norm: dim 1, whatever the
-    memory format). ``block``: one value per run of ``block`` consecutive elements of a
-    contiguous tensor (layer norm rows: block = normalised numel; group norm of an NCHW tensor:
+    memory format). ``block``: one value per run of ``block`` consecutive elements in the
+    tensor's logical order (contiguous, or copied to contiguous; a dense permuted layout such as
+    channels_last is refused) (layer norm rows: block = normalised numel; group norm of an NCHW tensor:
     block = C / groups * H * W). The result is rounded to x's dtype before quantizing, like
     ``((x - shift) * scale).to(x.dtype)``.
     """
