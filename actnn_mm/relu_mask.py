@@ -29,8 +29,8 @@ class ReluMask:
         self.mask, self.dtype = mask, dtype
 
     def unpack(self) -> Tensor:
-        from .engine import unpack_mask
-        return unpack_mask(self.mask).to(self.dtype)
+        from .engine.mask import unpack_mask_as
+        return unpack_mask_as(self.mask, self.dtype)
 
 
 def is_relu_own_save(t: Tensor) -> bool:

@@ -197,8 +197,8 @@ class compress_saved_tensors(ContextDecorator):
                 saved_bytes.record(t)
             return t
         if t.layout == torch.strided and t.is_floating_point() and is_relu_own_save(t):
-            from .engine import pack_mask
-            mask = pack_mask(t != 0)  # != 0: NaN outputs pass the gradient, as in torch
+            from .engine.mask import pack_nonzero
+            mask = pack_nonzero(t)  # != 0: NaN outputs pass the gradient, as in torch
             saved_bytes.record(mask)
             return ReluMask(mask, t.dtype)
         if not self._eligible(t):

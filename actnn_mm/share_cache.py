@@ -110,15 +110,24 @@ CACHE = ShareCache()
 
 
 def share(x: Tensor, scheme: Any, exact: Optional[bool] = None, owner: Any = None,
-          regroup: bool = False) -> Any:
+          regroup: bool = False, affine: Any = None) -> Any:
     """Keep ``x`` for backward once, however many savers of the same graph ask for it.
 
     Returns ``x`` (keep it exact: ``save_for_backward`` it) or a :class:`Saved` (``.unpack()`` in
     backward). ``scheme.compress(x)`` runs only when no live saver kept ``x``. A saver that must
     stay exact (``exact=True``; ``owner``: its autograd ctx, which bounds the sharing) keeps ``x``
     and later savers reuse it; one that would compress reuses an exact ``x`` kept by another
-    saver (that costs no memory) or the compressed copy another saver made.
+    saver (that costs no memory) or the compressed copy another saver made. With ``affine``
+    the compressed copy is of the transformed x (a norm layer's normalised input): it is neither
+    looked up nor offered to other savers.
     """
+    if affine is not None and not exact:
+        packed = scheme.compress(x, affine)
+        if packed is x:
+            if owner is not None:
+                CACHE.put(x, EXACT, holder=owner)
+            return x
+        return Saved(packed, scheme)
     if exact:
         if owner is not None:
             CACHE.put(x, EXACT, holder=owner)

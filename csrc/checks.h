@@ -122,4 +122,91 @@ inline void check_pack_values(const at::Tensor& v, const char* op) {
 // Bytes needed to pack `numel` values of `nbits` bits (8 values per `nbits` bytes).
 inline int64_t packed_bytes(int64_t numel, int64_t nbits) { return (numel + 7) / 8 * nbits; }
 
+// ---- actnn_mm::compress (fused) ---------------------------------------------------------------
+
+// What the fused op was asked to do, validated; shared by the CPU and CUDA entry points.
+struct CompressPlan {
+  Layout l;
+  bool per_sample;        // bits chosen per sample (bits == 0) from total_bits
+  int bits;               // uniform bits (per_sample false)
+  int64_t total_bits;     // sum of per-sample bits (per_sample true)
+  int min_bits, max_bits;
+  int64_t payload_bytes;
+  bool affine;
+  bool stats;
+};
+
+inline CompressPlan check_compress_args(const at::Tensor& x, int64_t num_samples,
+                                        int64_t group_size, int64_t bits, int64_t total_bits,
+                                        int64_t min_bits, int64_t max_bits,
+                                        const std::optional<at::Tensor>& shift,
+                                        const std::optional<at::Tensor>& scale,
+                                        int64_t affine_inner, int64_t affine_period,
+                                        const std::optional<at::Tensor>& stats) {
+  check_float_input(x, "compress");
+  CompressPlan p{};
+  p.l = make_layout(x.numel(), num_samples, group_size, "compress");
+  const Layout& l = p.l;
+  const int64_t per_bit = l.Gs * (l.G / 8);  // bytes per sample per bit
+  p.per_sample = bits == 0;
+  if (p.per_sample) {
+    TORCH_CHECK(min_bits >= 1 && min_bits <= max_bits && max_bits <= 8, "actnn_mm.compress: ",
+                "min_bits/max_bits must satisfy 1 <= min_bits <= max_bits <= 8, got ", min_bits,
+                "/", max_bits);
+    TORCH_CHECK(total_bits >= l.N * min_bits && total_bits <= l.N * max_bits,
+                "actnn_mm.compress: total_bits must be in [", l.N * min_bits, ", ",
+                l.N * max_bits, "] for ", l.N, " samples, got ", total_bits);
+    TORCH_CHECK(l.N * (max_bits - min_bits) < (int64_t{1} << 32), "actnn_mm.compress: ",
+                l.N, " samples x ", max_bits - min_bits, " levels exceed 2^32 allocation items");
+    p.total_bits = total_bits;
+    p.min_bits = static_cast<int>(min_bits);
+    p.max_bits = static_cast<int>(max_bits);
+    p.payload_bytes = per_bit * total_bits;
+  } else {
+    TORCH_CHECK(bits >= 1 && bits <= 8, "actnn_mm.compress: bits must be in 1..8 (or 0 for ",
+                "per-sample bits from total_bits), got ", bits);
+    p.bits = static_cast<int>(bits);
+    p.payload_bytes = per_bit * l.N * bits;
+  }
+  TORCH_CHECK(shift.has_value() == scale.has_value(), "actnn_mm.compress: shift and scale must ",
+              "be given together");
+  p.affine = shift.has_value();
+  if (p.affine) {
+    TORCH_CHECK(affine_inner >= 1 && affine_period >= 1, "actnn_mm.compress: affine_inner and ",
+                "affine_period must be >= 1, got ", affine_inner, " and ", affine_period);
+    for (const auto* t : {&*shift, &*scale}) {
+      const char* name = t == &*shift ? "shift" : "scale";
+      TORCH_CHECK(t->scalar_type() == at::kFloat && t->dim() == 1 && t->is_contiguous() &&
+                      t->numel() == affine_period,
+                  "actnn_mm.compress: ", name, " must be a contiguous float32 tensor of shape [",
+                  affine_period, "] (affine_period), got ", t->scalar_type(), " ", t->sizes());
+      TORCH_CHECK(t->device() == x.device(), "actnn_mm.compress: ", name, " is on ", t->device(),
+                  " but x is on ", x.device());
+    }
+  }
+  p.stats = stats.has_value();
+  if (p.stats) {
+    TORCH_CHECK(stats->scalar_type() == at::kFloat && stats->is_contiguous() &&
+                    stats->numel() >= 1,
+                "actnn_mm.compress: stats must be a contiguous float32 tensor with at least one ",
+                "element, got ", stats->scalar_type(), " ", stats->sizes());
+    TORCH_CHECK(stats->device() == x.device(), "actnn_mm.compress: stats is on ",
+                stats->device(), " but x is on ", x.device());
+  }
+  return p;
+}
+
+inline void check_accumulate_args(const at::Tensor& g, const at::Tensor& acc, int64_t index) {
+  const auto t = g.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble,
+              "actnn_mm.accumulate_sq_norm: g must be a floating tensor, got ", t);
+  TORCH_CHECK(acc.scalar_type() == at::kFloat && acc.is_contiguous(), "actnn_mm.",
+              "accumulate_sq_norm: acc must be a contiguous float32 tensor, got ",
+              acc.scalar_type(), " ", acc.sizes());
+  TORCH_CHECK(index >= 0 && index < acc.numel(), "actnn_mm.accumulate_sq_norm: index ", index,
+              " out of range for acc with ", acc.numel(), " elements");
+  TORCH_CHECK(acc.device() == g.device(), "actnn_mm.accumulate_sq_norm: acc is on ",
+              acc.device(), " but g is on ", g.device());
+}
+
 }  // namespace actnn

@@ -22,9 +22,32 @@ TORCH_LIBRARY(actnn_mm, m) {
   // Per-group (min, max) of the valid elements, float32 [N*Gs*2]; NaN for non-finite groups.
   // Used for the sensitivity statistics of mixed precision (before the bits are chosen).
   m.def("group_minmax(Tensor x, int num_samples, int group_size) -> Tensor");
+  // Everything one saved tensor needs in forward, fused: optional affine pre-transform
+  // v = (x - shift[i]) * scale[i], i = (e / affine_inner) % affine_period (rounded back to x's
+  // dtype); per-group min/max; per-sample sensitivity (sum of squared ranges); with bits == 0
+  // the per-sample bits (min_bits..max_bits, summing to total_bits) and byte offsets; the
+  // allocator's range statistic added to stats[0] (mean over samples * stats_factor); then
+  // quantization and packing. Returns (payload, meta, sample_bits int32 [N] or [0],
+  // sample_offsets int64 [N] or [0]). Nothing is read back on the host.
+  m.def(
+      "compress(Tensor x, int num_samples, int group_size, int bits, int total_bits, "
+      "int min_bits, int max_bits, Tensor? shift, Tensor? scale, int affine_inner, "
+      "int affine_period, Tensor(a!)? stats, float stats_factor, bool stochastic, int seed, "
+      "int offset, bool use_generator, Generator? generator) -> (Tensor, Tensor, Tensor, Tensor)",
+      {at::Tag::nondeterministic_seeded});
+  // acc[index] += scale * sum(g^2) (the per-layer gradient statistic, one op per backward).
+  m.def("accumulate_sq_norm(Tensor g, Tensor(a!) acc, int index, float scale) -> ()");
   // Bool / small integer values -> nbits per value (8 values per nbits bytes), and back (uint8).
   m.def("pack_bits(Tensor values, int nbits) -> Tensor");
   m.def("unpack_bits(Tensor packed, int numel, int nbits) -> Tensor");
+  // 1-bit masks of float tensors without a bool temporary: bit = x > 0 when positive, else
+  // x != 0 (NaN != 0: a ReLU's NaN output passes its gradient, as in torch). Memory order.
+  m.def("pack_nonzero(Tensor x, bool positive) -> Tensor");
+  // The mask as 0/1 values of dtype (what threshold_backward reads of a ReLU output).
+  m.def("unpack_mask(Tensor packed, int numel, ScalarType dtype) -> Tensor");
+  // grad where the mask bit is set, else 0 (ReLU backward in one op); grad contiguous in the
+  // mask's memory order.
+  m.def("mask_grad(Tensor grad, Tensor packed) -> Tensor");
 }
 
 namespace {

@@ -9,6 +9,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "philox.h"
 
@@ -116,6 +117,56 @@ ACTNN_HD uint64_t load_bytes(const uint8_t* src, int nbytes) {
   uint64_t v = 0;
   for (int i = 0; i < nbytes; ++i) v |= static_cast<uint64_t>(src[i]) << (8 * i);
   return v;
+}
+
+// ---- fused compression (actnn_mm::compress): pre-transform, sensitivity, bit allocation ----
+
+// Optional per-index affine applied before quantizing: v = (x - shift[i]) * scale[i] with
+// i = (e / inner) % period for element e of the flat buffer (memory order). Per channel of an
+// NCHW tensor: inner = H*W, period = C; channels_last: inner = 1; consecutive blocks (rows of a
+// layer norm, groups of a group norm): inner = block, period = numel / block.
+struct Affine {
+  const float* shift;  // nullptr: no transform
+  const float* scale;
+  int64_t inner;
+  int64_t period;
+};
+
+ACTNN_HD float affine_value(float v, float shift, float scale) {
+  return f_mul(f_sub(v, shift), scale);
+}
+
+// Cost per unit sensitivity of removing the b-th bit (b >= 2): 1/(2^(b-1)-1)^2 - 1/(2^b-1)^2,
+// in fp32 with every operation rounded (the reference computes the same ops).
+ACTNN_HD float bit_weight(int b) {
+  const float lo = static_cast<float>((1 << (b - 1)) - 1);
+  const float hi = static_cast<float>((1 << b) - 1);
+  return f_sub(f_div(1.0f, f_mul(lo, lo)), f_div(1.0f, f_mul(hi, hi)));
+}
+
+// A sample's sensitivity for the allocation: NaN -> 0, +Inf -> FLT_MAX, negative -> 0.
+ACTNN_HD float clean_sensitivity(float c) {
+  if (c != c) return 0.0f;
+  if (c > FLT_MAX) return FLT_MAX;
+  return c > 0.0f ? c : 0.0f;
+}
+
+// A sample's range statistic for the allocator: NaN and +Inf -> 0.
+ACTNN_HD float clean_stat(float c) { return (c != c || c > FLT_MAX) ? 0.0f : c; }
+
+// Sort key of the (sample n, level j) item of the greedy: its cost (>= 0, so the IEEE bits
+// order like the values) then its index n * levels + j. Keys are unique, so "the k smallest"
+// is one well-defined set on every device; along a row the cost never falls (bit_weight grows
+// as b falls) and the index grows, so the chosen items of a sample are its highest bits.
+ACTNN_HD uint64_t item_key(float c, float w, uint64_t index) {
+  const float cost = f_add(f_mul(c, w), 0.0f);
+#if defined(__CUDA_ARCH__)
+  const uint32_t bits = __float_as_uint(cost);
+#else
+  uint32_t bits;
+  memcpy(&bits, &cost, sizeof(bits));
+#endif
+  return (static_cast<uint64_t>(bits) << 32) | index;
 }
 
 }  // namespace actnn

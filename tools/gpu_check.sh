@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-call GPU validation of actnn_mm, for a machine with a GPU, python3 and its own torch (and
 # nothing else of ours): builds the CUDA extension in place for that GPU, runs the cuda-marked
-# tests (tools/gpu_check_tests.txt), the kernel benchmark (>= 256 MB) and the ResNet-50
+# tests (tools/gpu_check_tests.txt), the kernel benchmark (>= 256 MB), the dispatch-overhead
+# benchmark (tools/bench_overhead.py: ops, host reads, L2/L3 throughput vs exact) and the ResNet-50
 # memory/speed benchmark (batch 128 + the largest-batch search, time-bounded), then prints a
 # table of every step and every target (measured value, PASS/MISS) last.
 #
@@ -225,6 +226,17 @@ else
   KARGS=(--device cpu --sizes-mb 2 --dtypes fp32 --bits 2 --iters 2)
 fi
 run_step kernels 90 "$RES/kernels.log" 0 "$PY" tools/bench_kernels.py "${KARGS[@]}"
+
+# -- 5b. dispatch overhead: ops and host reads per training step, throughput vs exact -------------
+if [[ "$DEVTYPE" == cuda ]]; then
+  OARGS=(resnet50 --device cuda --batch 128 --image-size 224 --levels exact L2 L3 --warmup 2
+         --count-steps 1 --steps 5)
+else
+  OARGS=(resnet50 --device cpu --batch 2 --image-size 64 --levels exact L3 --warmup 1
+         --count-steps 1 --steps 1)
+fi
+run_step overhead 120 "$RES/overhead.log" 0 "$PY" tools/bench_overhead.py "${OARGS[@]}" \
+  --out "$RES/overhead_resnet50_${DEVTYPE}.json"
 
 # -- 6. ResNet-50 memory / speed benchmark -------------------------------------------------------
 if [[ "$DEVTYPE" == cuda ]]; then

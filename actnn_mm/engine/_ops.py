@@ -1,8 +1,12 @@
-"""Dispatch between the compiled kernels (``torch.ops.actnn_mm``) and the PyTorch reference.
+"""The ops of ``torch.ops.actnn_mm``, with the PyTorch reference as their default kernel.
 
-The extension is loaded on the first call, never at import. Devices without compiled kernels
-(MPS, XPU, a CPU-only build used with CUDA tensors) run ``reference`` with a one-time warning, never
-silently. ``ACTNN_MM_REFERENCE=1`` forces the reference everywhere (debugging).
+The extension is loaded on the first call, never at import. Loading it registers, next to its
+compiled CPU (and CUDA) kernels, each op's pure-PyTorch reference as the op's
+``CompositeExplicitAutograd`` kernel: the dispatcher itself sends devices without compiled
+kernels (MPS, XPU, a CPU-only build used with CUDA tensors) to the reference, which warns once
+per device type, never silently. Only two cases are routed here by hand: an extension that
+cannot be loaded (then no op exists: the reference runs directly, with the same warning naming
+the load error) and ``ACTNN_MM_REFERENCE=1``, which forces the reference everywhere (debugging).
 """
 from __future__ import annotations
 
@@ -18,7 +22,9 @@ from . import reference
 _LOCK = threading.Lock()
 _STATE: dict = {'loaded': False, 'error': None}
 _WARNED: set = set()
-_OPS = ('quantize', 'dequantize', 'group_minmax', 'pack_bits', 'unpack_bits')
+_LIBRARY: list = []  # the torch.library.Library holding the default kernels (kept alive)
+_OPS = ('quantize', 'dequantize', 'group_minmax', 'pack_bits', 'unpack_bits', 'compress',
+        'accumulate_sq_norm', 'pack_nonzero', 'unpack_mask', 'mask_grad')
 
 
 def _register_fakes() -> None:
@@ -31,6 +37,35 @@ def _register_fakes() -> None:
         gs = -(-d // group_size)
         return (x.new_empty(payload_bytes, dtype=torch.uint8),
                 x.new_empty(num_samples * gs * 2, dtype=torch.float32))
+
+    @torch.library.register_fake('actnn_mm::compress')
+    def _compress_fake(x, num_samples, group_size, bits, total_bits, min_bits, max_bits, shift,
+                       scale, affine_inner, affine_period, stats, stats_factor, stochastic, seed,
+                       offset, use_generator, generator):
+        d = x.numel() // num_samples if num_samples else 0
+        gs = -(-d // group_size)
+        per_bit = gs * (group_size // 8)
+        nbytes = per_bit * (total_bits if bits == 0 else num_samples * bits)
+        n = num_samples if bits == 0 else 0
+        return (x.new_empty(nbytes, dtype=torch.uint8),
+                x.new_empty(num_samples * gs * 2, dtype=torch.float32),
+                x.new_empty(n, dtype=torch.int32), x.new_empty(n, dtype=torch.int64))
+
+    @torch.library.register_fake('actnn_mm::accumulate_sq_norm')
+    def _accumulate_fake(g, acc, index, scale):
+        return None
+
+    @torch.library.register_fake('actnn_mm::pack_nonzero')
+    def _pack_nonzero_fake(x, positive):
+        return x.new_empty((x.numel() + 7) // 8, dtype=torch.uint8)
+
+    @torch.library.register_fake('actnn_mm::unpack_mask')
+    def _unpack_mask_fake(packed, numel, dtype):
+        return packed.new_empty(numel, dtype=dtype)
+
+    @torch.library.register_fake('actnn_mm::mask_grad')
+    def _mask_grad_fake(grad, packed):
+        return torch.empty_like(grad)
 
     @torch.library.register_fake('actnn_mm::dequantize')
     def _dequantize_fake(payload, meta, num_samples, numel_per_sample, group_size, bits,
@@ -51,6 +86,27 @@ def _register_fakes() -> None:
         return packed.new_empty(numel, dtype=torch.uint8)
 
 
+def _default_kernel(name: str):
+    """The reference of op ``name`` as a dispatcher kernel, warning once per device type."""
+    fn = getattr(reference, name)
+
+    def kernel(*args, **kwargs):
+        t = next(a for a in args if isinstance(a, torch.Tensor))
+        _warn_fallback(t.device)
+        return fn(*args, **kwargs)
+
+    kernel.__name__ = f'{name}_reference'
+    return kernel
+
+
+def _register_defaults() -> None:
+    """Each op's reference as its ``CompositeExplicitAutograd`` (default backend) kernel."""
+    lib = torch.library.Library('actnn_mm', 'IMPL')
+    for name in _OPS:
+        lib.impl(name, _default_kernel(name), 'CompositeExplicitAutograd')
+    _LIBRARY.append(lib)
+
+
 def _ensure_loaded() -> bool:
     """Load (or JIT-build) the extension once; False (with the reason kept) if impossible."""
     if _STATE['loaded']:
@@ -61,6 +117,7 @@ def _ensure_loaded() -> bool:
                 from .._ext_loader import load_extension
                 load_extension()
                 _register_fakes()
+                _register_defaults()
             except Exception as err:  # noqa: BLE001  (reported through the fallback warning)
                 _STATE['error'] = err
             _STATE['loaded'] = True
@@ -92,8 +149,14 @@ def _warn_fallback(device: torch.device) -> None:
                   RuntimeWarning, stacklevel=3)
 
 
+def _forced_reference() -> bool:
+    return os.environ.get('ACTNN_MM_REFERENCE', '0') == '1'
+
+
 def _impl(name: str, device: torch.device):
-    if has_kernels(device):
+    """The dispatcher's op (compiled kernel, or the reference as its default kernel), unless
+    the extension is missing or the reference is forced."""
+    if not _forced_reference() and _ensure_loaded():
         return getattr(torch.ops.actnn_mm, name)
     _warn_fallback(device)
     return getattr(reference, name)
@@ -127,3 +190,31 @@ def pack_bits(values: torch.Tensor, nbits: int) -> torch.Tensor:
 
 def unpack_bits(packed: torch.Tensor, numel: int, nbits: int) -> torch.Tensor:
     return _impl('unpack_bits', packed.device)(packed, numel, nbits)
+
+
+def compress(x: torch.Tensor, num_samples: int, group_size: int, bits: int, total_bits: int,
+             min_bits: int, max_bits: int, shift: Optional[torch.Tensor],
+             scale: Optional[torch.Tensor], affine_inner: int, affine_period: int,
+             stats: Optional[torch.Tensor], stats_factor: float, stochastic: bool, seed: int,
+             offset: int, use_generator: bool, generator: Optional[torch.Generator]
+             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _impl('compress', x.device)(x, num_samples, group_size, bits, total_bits, min_bits,
+                                       max_bits, shift, scale, affine_inner, affine_period,
+                                       stats, stats_factor, stochastic, seed, offset,
+                                       use_generator, generator)
+
+
+def accumulate_sq_norm(g: torch.Tensor, acc: torch.Tensor, index: int, scale: float) -> None:
+    _impl('accumulate_sq_norm', g.device)(g, acc, index, scale)
+
+
+def pack_nonzero(x: torch.Tensor, positive: bool) -> torch.Tensor:
+    return _impl('pack_nonzero', x.device)(x, positive)
+
+
+def unpack_mask(packed: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    return _impl('unpack_mask', packed.device)(packed, numel, dtype)
+
+
+def mask_grad(grad: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    return _impl('mask_grad', grad.device)(grad, packed)

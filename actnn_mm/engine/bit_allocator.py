@@ -157,6 +157,5 @@ def _load_scheme_state(scheme: LayerScheme, state: dict) -> None:
     if state.get('rsq') is None:
         scheme.reset_stats()
         return
-    as_tensor = lambda v: None if v is None else torch.tensor(v, dtype=torch.float32)  # noqa: E731
-    scheme._rsq_acc, scheme._rsq_count = as_tensor(state['rsq']), int(state['rsq_count'])
-    scheme._grad_acc, scheme._grad_count = as_tensor(state['grad']), int(state['grad_count'])
+    scheme.load_stats(state['rsq'], state['rsq_count'], state.get('grad'),
+                      state.get('grad_count', 0))

@@ -4,8 +4,9 @@ Objective: minimise sum_i C_i / (2^b_i - 1)^2 (the gradient-variance bound) unde
 b_i integer in [min_bits, max_bits]. Removing one bit from b costs C * delta(b) with
 delta(b) = 1/(2^(b-1)-1)^2 - 1/(2^b-1)^2, increasing as b falls. So ActNN's greedy (start at
 max_bits, repeatedly remove the cheapest bit) equals taking the k cheapest (sample, bit) pairs
-at once: one ``topk`` on device, and since k is fixed by the budget (known on the host), the
-resulting total bits are known on the host too: no device-to-host synchronisation.
+at once (inside the fused compression kernel, by a unique key), and since k is fixed by the
+budget (known on the host), the resulting total bits are known on the host too: no
+device-to-host synchronisation.
 """
 from __future__ import annotations
 
@@ -31,27 +32,17 @@ def allocate_per_sample(sens: torch.Tensor, total_bits: int, min_bits: int = 1,
     """Per-sample bits (int32, on sens.device) summing exactly to ``total_bits``.
 
     ``sens``: [N] sensitivities C_n (>= 0; NaN treated as 0). ``total_bits`` must be in
-    [N * min_bits, N * max_bits]. Runs entirely on the device of ``sens``.
+    [N * min_bits, N * max_bits]. Runs on the device of ``sens`` (one small selection).
+    The greedy of the fused kernel (``actnn_mm::compress``): the removed (sample, bit) items are
+    the k cheapest by (cost, sample * levels + level), a unique key, so ties are broken the same
+    way on every device (toward lower sample indices, a sample's higher bits first).
     """
     n = sens.numel()
     if not n * min_bits <= total_bits <= n * max_bits:
         raise ValueError(f'total_bits must be in [{n * min_bits}, {n * max_bits}] for {n} '
                          f'samples, got {total_bits}')
-    bits = torch.full((n,), max_bits, dtype=torch.int32, device=sens.device)
-    k = n * max_bits - total_bits
-    if k == 0:
-        return bits
-    levels = max_bits - min_bits
-    c = torch.nan_to_num(sens.detach().to(torch.float32), nan=0.0).clamp_min(0.0)
-    # delta(b) built on the device (a host list would be a blocking host-to-device copy).
-    b = torch.arange(max_bits, min_bits, -1, dtype=torch.float32, device=sens.device)
-    w = 1.0 / (torch.pow(2.0, b - 1) - 1).pow(2) - 1.0 / (torch.pow(2.0, b) - 1).pow(2)
-    costs = (c.reshape(n, 1) * w.reshape(1, levels)).reshape(-1)
-    # Tie-break toward removing higher bits first (w increases along a row): stable ordering.
-    idx = torch.topk(costs, k, largest=False, sorted=False).indices
-    removed = torch.zeros(n, dtype=torch.int32, device=sens.device)
-    removed.scatter_add_(0, idx // levels, torch.ones_like(idx, dtype=torch.int32))
-    return bits - removed
+    from .reference import allocate_bits
+    return allocate_bits(sens.detach(), total_bits, min_bits, max_bits)
 
 
 def allocate_layers(sens: Sequence[float], features: Sequence[int], samples: Sequence[int],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+import math
 from typing import Any, Iterator, Optional, Tuple, Union
 
 import torch
@@ -126,18 +127,27 @@ def rounding_generator(generator: Optional[torch.Generator]) -> Iterator[None]:
 
 
 def _random_stream(x: torch.Tensor, generator: Optional[torch.Generator], seed: Optional[int],
-                   offset: int) -> Tuple[bool, int, int]:
-    """(use_generator, seed, offset) for the op: an explicit seed, else the torch generator."""
+                   offset: int, stochastic: bool = True
+                   ) -> Tuple[bool, int, int, Optional[torch.Generator]]:
+    """(use_generator, seed, offset, generator) for the op: an explicit seed, else the given
+    generator, else the :func:`rounding_generator` in force, else the torch generator."""
+    if generator is None and seed is None and stochastic:
+        generator = getattr(_ROUNDING, 'generator', None)
+        if generator is not None and generator.device.type == 'cpu':
+            # The (seed, offset) pair the default path draws, from this generator: the same
+            # host draw for tensors of any device.
+            seed, offset = torch.randint(0, 2**63 - 1, (2, ), generator=generator).tolist()
+            generator = None
     if seed is not None:
         if not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise ValueError(f'seed must be an int in [0, 2**64), got {seed!r}')
-        return False, as_int64(seed), as_int64(offset)
+        return False, as_int64(seed), as_int64(offset), generator
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise ValueError(f'generator must be a torch.Generator, got {type(generator).__name__}')
         if generator.device.type != x.device.type:
             raise ValueError(f'generator is on {generator.device} but x is on {x.device}')
-    return True, 0, 0
+    return True, 0, 0, generator
 
 
 def compress(x: torch.Tensor, bits: Union[int, torch.Tensor] = 2, *, group_size: int = 256,
@@ -174,14 +184,7 @@ def _compress_impl(x: torch.Tensor, bits: Union[int, torch.Tensor], *, group_siz
     x = x.detach()
     buf, layout = flatten_samples(x)
     n = layout.num_samples
-    if generator is None and seed is None and stochastic:
-        generator = getattr(_ROUNDING, 'generator', None)
-        if generator is not None and generator.device.type == 'cpu':
-            # The (seed, offset) pair the default path draws, from this generator: the same
-            # host draw for tensors of any device.
-            seed, offset = torch.randint(0, 2**63 - 1, (2, ), generator=generator).tolist()
-            generator = None
-    use_gen, s, o = _random_stream(x, generator, seed, offset)
+    use_gen, s, o, generator = _random_stream(x, generator, seed, offset, stochastic)
     if isinstance(bits, torch.Tensor):
         sample_bits, total = _check_bits_tensor(bits, x, n, bits_sum)
         per_bit = layout.groups_per_sample(group_size) * (group_size // 8)
@@ -200,6 +203,89 @@ def _compress_impl(x: torch.Tensor, bits: Union[int, torch.Tensor], *, group_siz
     payload, meta = _ops.quantize(buf, n, group_size, bits, None, None, nbytes, bool(stochastic),
                                   s, o, use_gen, generator)
     return CompressedTensor(payload, meta, bits, None, layout, x.dtype, x.device, group_size)
+
+
+@dataclass(frozen=True)
+class Affine:
+    """A pre-transform ``(x - shift) * scale`` the kernel applies before quantizing, so that a
+    normalisation layer saves its normalised input without running elementwise ops for it.
+
+    ``dim``: shift/scale hold one value per index of that dim (batch norm: dim 1, whatever the
+    memory format). ``block``: one value per run of ``block`` consecutive elements in the
+    tensor's logical order (contiguous, or copied to contiguous; a dense permuted layout such as
+    channels_last is refused) (layer norm rows: block = normalised numel; group norm of an NCHW tensor:
+    block = C / groups * H * W). The result is rounded to x's dtype before quantizing, like
+    ``((x - shift) * scale).to(x.dtype)``.
+    """
+
+    shift: torch.Tensor
+    scale: torch.Tensor
+    dim: Optional[int] = 1
+    block: Optional[int] = None
+
+    def kernel_args(self, x: torch.Tensor, perm: Optional[Tuple[int, ...]]
+                    ) -> Tuple[torch.Tensor, torch.Tensor, int, int]:
+        """(shift, scale, inner, period) of the op for x flattened in memory order ``perm``."""
+        if self.block is not None:
+            if perm is not None:
+                raise ValueError('Affine(block=...) needs a contiguous tensor, got strides '
+                                 f'{x.stride()} for shape {tuple(x.shape)}')
+            if self.block < 1 or x.numel() % self.block:
+                raise ValueError(f'Affine block {self.block} must divide numel {x.numel()}')
+            inner, period = self.block, x.numel() // self.block
+        else:
+            dim = self.dim if self.dim >= 0 else self.dim + x.dim()
+            if not 0 <= dim < x.dim():
+                raise ValueError(f'Affine dim {self.dim} out of range for a {x.dim()}-d tensor')
+            order = perm if perm is not None else tuple(range(x.dim()))
+            pos = order.index(dim)
+            inner = math.prod(int(x.shape[d]) for d in order[pos + 1:])
+            period = int(x.shape[dim])
+        out = []
+        for name, t in (('shift', self.shift), ('scale', self.scale)):
+            if not isinstance(t, torch.Tensor) or t.numel() != period:
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f'Affine {name} must have {period} values, got {got}')
+            if t.device != x.device:
+                raise ValueError(f'Affine {name} is on {t.device} but x is on {x.device}')
+            t = t.detach().reshape(-1)
+            if t.dtype != torch.float32:
+                t = t.to(torch.float32)
+            out.append(t if t.is_contiguous() else t.contiguous())
+        return out[0], out[1], max(1, inner), max(1, period)
+
+
+def compress_fused(x: torch.Tensor, bits: int, *, total_bits: int = 0, min_bits: int = 1,
+                   max_bits: int = 8, group_size: int = 256, stochastic: bool = True,
+                   affine: Optional[Affine] = None, stats: Optional[torch.Tensor] = None,
+                   stats_factor: float = 1.0, generator: Optional[torch.Generator] = None,
+                   seed: Optional[int] = None, offset: int = 0) -> CompressedTensor:
+    """One op for everything a saved tensor needs in forward (see ``actnn_mm::compress``).
+
+    ``bits`` 1..8: uniform; ``bits=0``: per-sample bits in [min_bits, max_bits] summing to
+    ``total_bits`` (a host number), chosen on the device from the per-sample sum of squared group
+    ranges. ``affine``: normalise before quantizing. ``stats``: a float32 device tensor whose
+    element 0 gets the mean per-sample range statistic times ``stats_factor`` added.
+    """
+    check_float_tensor(x)
+    check_group_size(group_size)
+    x = x.detach()
+    buf, layout = flatten_samples(x)
+    n = layout.num_samples
+    use_gen, s, o, generator = _random_stream(x, generator, seed, offset, stochastic)
+    shift = scale = None
+    inner = period = 1
+    if affine is not None:
+        shift, scale, inner, period = affine.kernel_args(x, layout.perm)
+    payload, meta, sbits, offs = _ops.compress(
+        buf, n, group_size, int(bits), int(total_bits), int(min_bits), int(max_bits), shift,
+        scale, inner, period, stats, float(stats_factor), bool(stochastic), s, o, use_gen,
+        generator)
+    if bits == 0:
+        return CompressedTensor(payload, meta, sbits, offs, layout, x.dtype, x.device,
+                                group_size)
+    return CompressedTensor(payload, meta, int(bits), None, layout, x.dtype, x.device,
+                            group_size)
 
 
 def decompress(c: CompressedTensor) -> torch.Tensor:

@@ -68,10 +68,45 @@ def unpack_mask(p: PackedMask) -> torch.Tensor:
     return p.layout.restore(flat)
 
 
-def pack_index(idx: torch.Tensor, nbits: int) -> PackedIndex:
+def pack_nonzero(x: torch.Tensor, positive: bool = False) -> PackedMask:
+    """The mask ``x != 0`` (or ``x > 0`` with ``positive``) of a float tensor, packed in one op
+    without a bool temporary (memory order kept; NaN != 0 is set)."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f'x must be a floating tensor, got {got}')
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):  # float64: two ops
+        return pack_mask((x > 0) if positive else (x != 0))
+    buf, layout = flatten_samples(x.detach())
+    return PackedMask(_ops.pack_nonzero(buf, bool(positive)), layout)
+
+
+def unpack_mask_as(p: PackedMask, dtype: torch.dtype) -> torch.Tensor:
+    """The mask as 0/1 values of a float ``dtype`` (original shape and memory format), one op."""
+    if not isinstance(p, PackedMask):
+        raise ValueError(f'unpack_mask_as expects a PackedMask, got {type(p).__name__}')
+    flat = _ops.unpack_mask(p.data, p.layout.shape.numel(), dtype)
+    return p.layout.restore(flat)
+
+
+def masked_grad(p: PackedMask, grad: torch.Tensor) -> torch.Tensor:
+    """``where(mask, grad, 0)`` in one op when ``grad`` has the mask's memory order (the usual
+    case: a gradient laid out like the activation); otherwise unpack, then ``where``."""
+    if not isinstance(p, PackedMask):
+        raise ValueError(f'masked_grad expects a PackedMask, got {type(p).__name__}')
+    if grad.shape == p.layout.shape and grad.dtype in (torch.float32, torch.float16,
+                                                       torch.bfloat16):
+        buf, layout = flatten_samples(grad)
+        if layout.perm == p.layout.perm:  # same memory order as the mask's bits
+            return p.layout.restore(_ops.mask_grad(buf, p.data))
+    return torch.where(unpack_mask(p), grad, 0)
+
+
+def pack_index(idx: torch.Tensor, nbits: int, check: bool = True) -> PackedIndex:
     """Pack integers in [0, 2**nbits) (nbits 1..16), e.g. MaxPool argmax within its window.
 
     Values are checked on CPU; on accelerators an asynchronous device assert checks them (no sync).
+    ``check=False`` skips that check for values in range by construction (the Q-layers' own
+    window positions): no extra ops, no host read.
     """
     if not isinstance(idx, torch.Tensor) or idx.dtype not in INDEX_DTYPES:
         got = idx.dtype if isinstance(idx, torch.Tensor) else type(idx).__name__
@@ -80,7 +115,7 @@ def pack_index(idx: torch.Tensor, nbits: int) -> PackedIndex:
         raise ValueError(f'nbits must be an int in 1..16, got {nbits!r}')
     buf, layout = flatten_samples(idx.detach())
     info = torch.iinfo(idx.dtype)
-    if buf.numel() and (info.min < 0 or info.max >= (1 << nbits)):
+    if check and buf.numel() and (info.min < 0 or info.max >= (1 << nbits)):
         # (Python scalars beyond the dtype's range would wrap, so compare only where needed.)
         in_range = (buf >= 0) if info.max < (1 << nbits) else (buf >= 0) & (buf < (1 << nbits))
         in_range = in_range.all()

@@ -177,3 +177,127 @@ def draw_seed_offset(generator: Optional[torch.Generator],
     r = torch.randint(0, 2**63 - 1, (2,), generator=generator, device=gen_device)
     s, o = r.tolist()
     return int(s), int(o)
+
+
+# ---- fused compression (actnn_mm::compress) --------------------------------------------------
+
+def transformed(x: torch.Tensor, shift: Optional[torch.Tensor], scale: Optional[torch.Tensor],
+                inner: int, period: int) -> torch.Tensor:
+    """x (flat) with the op's affine pre-transform: ``((x - shift[i]) * scale[i]).to(x.dtype)``,
+    i = (e // inner) % period for element e; x itself without shift/scale."""
+    if shift is None:
+        return x
+    idx = torch.div(torch.arange(x.numel(), device=x.device), inner,
+                    rounding_mode='floor') % period
+    v = (x.reshape(-1).to(torch.float32) - shift[idx]) * scale[idx]
+    return v.to(x.dtype)
+
+
+def sample_range_sums(mn: torch.Tensor, mx: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+    """Per sample, sum of squared group ranges (NaN for non-finite groups), fp32 in group order
+    (one rounding per addition, as the kernels add them)."""
+    nan = torch.tensor(float('nan'), device=mn.device)
+    r = torch.where(bad, nan, mx) - torch.where(bad, nan, mn)
+    r2 = r * r
+    acc = torch.zeros(r2.shape[0], dtype=torch.float32, device=r2.device)
+    for g in range(r2.shape[1]):
+        acc = acc + r2[:, g]
+    return acc
+
+
+def bit_weights(min_bits: int, max_bits: int, device) -> torch.Tensor:
+    """``bit_weight(b)`` of csrc/quant_common.h for b = max_bits .. min_bits + 1, fp32."""
+    b = torch.arange(max_bits, min_bits, -1, device=device)
+    lo = ((1 << (b - 1)) - 1).to(torch.float32)
+    hi = ((1 << b) - 1).to(torch.float32)
+    one = torch.ones((), dtype=torch.float32, device=device)
+    return torch.div(one, lo * lo) - torch.div(one, hi * hi)
+
+
+def allocate_bits(sens: torch.Tensor, total_bits: int, min_bits: int,
+                  max_bits: int) -> torch.Tensor:
+    """Per-sample bits (int32) of the kernels' greedy: remove the k = N * max_bits - total_bits
+    cheapest (sample, bit) items, ordered by (cost, sample * levels + level); unique keys make
+    the set well defined (ties go to the lower index), and a sample's chosen items are its
+    highest bits because its costs never fall as the bits fall."""
+    n = sens.numel()
+    bits = torch.full((n,), max_bits, dtype=torch.int32, device=sens.device)
+    levels = max_bits - min_bits
+    k = n * max_bits - total_bits
+    if k == 0:
+        return bits
+    c = torch.nan_to_num(sens.to(torch.float32), nan=0.0, posinf=FLT_MAX).clamp_min(0.0)
+    cost = c.reshape(n, 1) * bit_weights(min_bits, max_bits, sens.device).reshape(1, levels)
+    cost = cost + 0.0
+    index = torch.arange(n * levels, device=sens.device).reshape(n, levels)
+    keys = (cost.view(torch.int32).to(torch.int64) << 32) | index
+    kth = torch.kthvalue(keys.reshape(-1), k).values
+    return bits - (keys <= kth).sum(1).to(torch.int32)
+
+
+def compress(x: torch.Tensor, num_samples: int, group_size: int, bits: int, total_bits: int,
+             min_bits: int, max_bits: int, shift: Optional[torch.Tensor],
+             scale: Optional[torch.Tensor], affine_inner: int, affine_period: int,
+             stats: Optional[torch.Tensor], stats_factor: float, stochastic: bool, seed: int,
+             offset: int, use_generator: bool = False,
+             generator: Optional[torch.Generator] = None):
+    """Reference of ``actnn_mm::compress`` -> (payload, meta, sample_bits, sample_offsets)."""
+    if use_generator and stochastic:
+        seed, offset = draw_seed_offset(generator, x.device)
+    n, d, gs = _layout(x.numel(), num_samples, group_size)
+    g = group_size
+    dev = x.device
+    per_sample = bits == 0
+    per_bit = gs * (g // 8)
+    nbytes = per_bit * (total_bits if per_sample else n * bits)
+    sample_bits = torch.empty(n if per_sample else 0, dtype=torch.int32, device=dev)
+    offsets = torch.empty(n if per_sample else 0, dtype=torch.int64, device=dev)
+    if n * gs == 0:
+        return (torch.empty(nbytes, dtype=torch.uint8, device=dev),
+                torch.empty(0, dtype=torch.float32, device=dev), sample_bits, offsets)
+    v = transformed(x.reshape(-1), shift, scale, affine_inner, affine_period)
+    if per_sample or stats is not None:
+        xp, valid = _padded_groups(v, n, d, gs, g)
+        mn, mx, bad = _minmax(xp, valid)
+        rsq = sample_range_sums(mn, mx, bad)
+        if stats is not None:
+            clean = torch.nan_to_num(rsq, nan=0.0, posinf=0.0)
+            s = torch.zeros((), dtype=torch.float32, device=dev)
+            for i in range(n):
+                s = s + clean[i]
+            f32 = lambda val: torch.tensor(val, dtype=torch.float32, device=dev)  # noqa: E731
+            stats[0] = stats[0] + (s / f32(float(n))) * f32(stats_factor)
+        if per_sample:
+            sample_bits = allocate_bits(rsq, total_bits, min_bits, max_bits)
+            sizes = sample_bits.to(torch.int64) * per_bit
+            offsets = torch.cumsum(sizes, 0) - sizes
+    payload, meta = quantize(v, n, g, 0 if per_sample else bits,
+                             sample_bits if per_sample else None,
+                             offsets if per_sample else None, nbytes, stochastic, seed, offset)
+    return payload, meta, sample_bits, offsets
+
+
+def accumulate_sq_norm(g: torch.Tensor, acc: torch.Tensor, index: int, scale: float) -> None:
+    """Reference of ``actnn_mm::accumulate_sq_norm``: acc[index] += scale * sum(g^2) (float64
+    sum; the kernel's block order may differ in the last bits: a statistic, not packed data)."""
+    total = g.detach().to(torch.float64).pow(2).sum() * scale
+    acc[index] = (acc[index].to(torch.float64) + total).to(torch.float32)
+
+
+# ---- fused masks ------------------------------------------------------------------------------
+
+def pack_nonzero(x: torch.Tensor, positive: bool) -> torch.Tensor:
+    """Reference of ``actnn_mm::pack_nonzero``: 1 bit per element, x > 0 or x != 0."""
+    bits = (x > 0) if positive else (x != 0)
+    return pack_bits(bits.reshape(-1), 1)
+
+
+def unpack_mask(packed: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """Reference of ``actnn_mm::unpack_mask`` -> 0/1 of ``dtype``, [numel]."""
+    return unpack_bits(packed, numel, 1).to(dtype)
+
+
+def mask_grad(grad: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    """Reference of ``actnn_mm::mask_grad``: grad where the bit is set, else 0."""
+    keep = unpack_bits(packed, grad.numel(), 1).view(torch.bool).reshape(grad.shape)
+    return torch.where(keep, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))

@@ -4,7 +4,10 @@ Q-layers call ``compress`` in forward and ``decompress`` in backward, and ``obse
 the gradient of their output. With mixed precision the scheme chooses bits per sample on device
 every step (sensitivity from the current batch's group ranges) within the layer's average bits,
 which a ``BitAllocator`` re-solves across layers every K steps from statistics the schemes
-accumulate on device. Nothing here reads a device value on the host.
+accumulate on device. Nothing here reads a device value on the host, and one compressed tensor
+costs one dispatched op in forward (``actnn_mm::compress``: ranges, sensitivity, bits, offsets,
+statistics, quantization) and one in backward (``dequantize``); the gradient statistic is one
+more (``accumulate_sq_norm``) for layers with per-layer allocation.
 """
 from __future__ import annotations
 
@@ -12,11 +15,11 @@ from typing import Optional, Union
 
 import torch
 
-from . import _ops
-from .bit_solver import allocate_per_sample
-from .compressed import CompressedTensor, _compress_impl, decompress
+from .compressed import (PASSTHROUGH_BITS, Affine, CompressedTensor, _compress_impl,
+                         compress_fused, decompress)
 from .config import CompressionConfig
-from .layout import FLOAT_DTYPES, flatten_samples, num_samples_of
+from .layout import FLOAT_DTYPES, num_samples_of
+from . import _ops
 
 KINDS = ('conv', 'linear', 'norm', 'generic')
 
@@ -47,10 +50,10 @@ class LayerScheme:
         self.name = name
         # Average bits of this layer; the allocator overwrites it when it re-solves (host float).
         self.layer_bits: float = float(config.bits)
-        # Cached statistics (device scalars, accumulated without host reads) and host counters.
-        self._rsq_acc: Optional[torch.Tensor] = None
+        # Cached statistics: one float32 device tensor [range sum, gradient sum] that the ops
+        # accumulate into (no host reads, no extra ops), and host counters.
+        self._stats: Optional[torch.Tensor] = None
         self._rsq_count = 0
-        self._grad_acc: Optional[torch.Tensor] = None
         self._grad_count = 0
         self.features = 0   # packed elements per sample (last seen), for the allocator
         self.samples = 0    # samples per batch (last seen)
@@ -90,8 +93,12 @@ class LayerScheme:
                 or isinstance(x, torch.nn.Parameter))
 
     # ---- forward / backward ---------------------------------------------------------------
-    def compress(self, x: torch.Tensor) -> Union[CompressedTensor, torch.Tensor]:
-        """Compressed form of ``x`` (or ``x`` itself when disabled / not worth it: exact)."""
+    def compress(self, x: torch.Tensor,
+                 affine: Optional[Affine] = None) -> Union[CompressedTensor, torch.Tensor]:
+        """Compressed form of ``x`` (or ``x`` itself when disabled / not worth it: exact).
+
+        ``affine``: quantize ``(x - shift) * scale`` instead (a norm layer's normalised input,
+        computed inside the kernel); when the result is ``x`` itself, x was kept exact as is."""
         if self._skip(x):
             return x
         cfg = self.config
@@ -105,21 +112,25 @@ class LayerScheme:
         g = cfg.group_size
         self.samples = n
         self.features = -(-(x.numel() // n) // g) * g
+        stats = self._stats_for(x) if cfg.per_layer else None
+        factor = g / self._pixels(x, x.numel() // n)
         if cfg.per_sample:
             total = min(max(int(round(avg * n)), cfg.min_bits * n), cfg.max_bits * n)
-            buf, _ = flatten_samples(x.detach())
-            mm = _ops.group_minmax(buf, n, g).reshape(n, -1, 2)
-            rsq = (mm[..., 1] - mm[..., 0]).pow(2).sum(1)           # [N] sum of R^2
-            self._record_rsq(rsq, x)
-            bits = allocate_per_sample(rsq, total, cfg.min_bits, cfg.max_bits)
-            c = _compress_impl(x, bits, group_size=g, stochastic=cfg.stochastic, bits_sum=total)
+            c = compress_fused(x, 0, total_bits=total, min_bits=cfg.min_bits,
+                               max_bits=cfg.max_bits, group_size=g, stochastic=cfg.stochastic,
+                               affine=affine, stats=stats, stats_factor=factor)
         else:
-            b = int(min(max(round(avg), cfg.min_bits), cfg.max_bits)) if cfg.mixed \
-                else int(cfg.bits)
-            c = _compress_impl(x, b, group_size=g, stochastic=cfg.stochastic)
-            if cfg.per_layer and isinstance(c, CompressedTensor) and c.meta is not None:
-                m = c.meta.reshape(n, -1, 2)
-                self._record_rsq((m[..., 1] * float((1 << b) - 1)).pow(2).sum(1), x)
+            b = int(min(max(round(avg), cfg.min_bits), cfg.max_bits)) if cfg.mixed else int(cfg.bits)
+            if b in PASSTHROUGH_BITS:
+                if affine is not None:
+                    return x  # kept exact: the caller saves x itself, not normalised
+                c = _compress_impl(x, b, group_size=g, stochastic=cfg.stochastic)
+                stats = None
+            else:
+                c = compress_fused(x, b, group_size=g, stochastic=cfg.stochastic, affine=affine,
+                                   stats=stats, stats_factor=factor)
+        if stats is not None:
+            self._rsq_count += 1
         if cfg.swap:
             from .swap import default_swapper
             default_swapper().offload(c)
@@ -140,19 +151,38 @@ class LayerScheme:
             return
         g = grad_output.detach()
         n = max(1, num_samples_of(g))
-        scale = g.float().pow(2).sum() / n
-        self._grad_acc = scale if self._grad_acc is None else self._grad_acc + scale
+        _ops.accumulate_sq_norm(g, self._stats_for(g), 1, 1.0 / n)
         self._grad_count += 1
 
     # ---- statistics for the allocator -----------------------------------------------------
-    def _record_rsq(self, rsq: torch.Tensor, x: torch.Tensor) -> None:
-        if not self.config.per_layer:
-            return
-        d = x.numel() // max(1, num_samples_of(x))
-        rs = torch.nan_to_num(rsq.float(), nan=0.0, posinf=0.0).mean() * (
-            self.config.group_size / self._pixels(x, d))
-        self._rsq_acc = rs if self._rsq_acc is None else self._rsq_acc + rs
-        self._rsq_count += 1
+    def _stats_for(self, x: torch.Tensor) -> torch.Tensor:
+        """The statistics tensor, on x's device (created once; moved if the model moved)."""
+        st = self._stats
+        if st is None:
+            st = self._stats = torch.zeros(2, dtype=torch.float32, device=x.device)
+        elif st.device != x.device:
+            st = self._stats = st.to(x.device)
+        return st
+
+    @property
+    def _rsq_acc(self) -> Optional[torch.Tensor]:
+        """Sum of the per-step range statistics since the last solve (device scalar)."""
+        return None if self._rsq_count == 0 or self._stats is None else self._stats[0]
+
+    @property
+    def _grad_acc(self) -> Optional[torch.Tensor]:
+        """Sum of the per-backward gradient scales since the last solve (device scalar)."""
+        return None if self._grad_count == 0 or self._stats is None else self._stats[1]
+
+    def load_stats(self, rsq: Optional[float], rsq_count: int, grad: Optional[float],
+                   grad_count: int, device: Optional[torch.device] = None) -> None:
+        """Restore accumulated statistics (from a checkpoint)."""
+        dev = device if device is not None else (
+            self._stats.device if self._stats is not None else torch.device('cpu'))
+        self._stats = torch.tensor([0.0 if rsq is None else rsq, 0.0 if grad is None else grad],
+                                   dtype=torch.float32, device=dev)
+        self._rsq_count = int(rsq_count) if rsq is not None else 0
+        self._grad_count = int(grad_count) if grad is not None else 0
 
     def has_stats(self) -> bool:
         return self._rsq_count > 0
@@ -165,8 +195,10 @@ class LayerScheme:
         return rsq * self.coefficient * (self._grad_acc / self._grad_count)
 
     def reset_stats(self) -> None:
-        self._rsq_acc, self._rsq_count = None, 0
-        self._grad_acc, self._grad_count = None, 0
+        if self._stats is not None:
+            self._stats.zero_()
+        self._rsq_count = 0
+        self._grad_count = 0
 
     def __repr__(self) -> str:
         return (f'LayerScheme(name={self.name!r}, kind={self.kind!r}, level={self.config.level}, '

@@ -71,15 +71,18 @@ def get_scheme(module: nn.Module, kind: str, kernel_area: int = 1, groups: int =
 
 
 def pack_activation(x: Tensor, scheme: LayerScheme, owner: Any = None,
-                    regroup: bool = False) -> Any:
+                    regroup: bool = False, affine: Any = None) -> Any:
     """Compress ``x`` for backward, or reuse the copy another layer already made of it.
+
+    ``affine`` (an :class:`~actnn_mm.engine.compressed.Affine`): compress ``(x - shift) *
+    scale`` instead, inside the kernel (a norm layer's normalised input); never shared.
 
     Returns ``x`` itself when it is to be kept exact (then save it with ``save_for_backward``),
     else a :class:`~actnn_mm.share_cache.Saved` (keep it on ``ctx``; it is reported to the
     saved-bytes counter).
     """
     packed = share_cache.share(x, scheme, exact=scheme_is_exact(scheme, x), owner=owner,
-                                 regroup=regroup)
+                               regroup=regroup, affine=affine)
     if packed is not x:
         saved_bytes.record(packed.packed)
     return packed
@@ -113,13 +116,14 @@ def scheme_is_exact(scheme: LayerScheme, x: Tensor) -> Optional[bool]:
 
 
 def save_input(ctx: Any, x: Tensor, scheme: LayerScheme, needed: bool = True,
-               regroup: bool = False) -> None:
+               regroup: bool = False, affine: Any = None) -> None:
     """Keep the input ``x`` of a Q Function for backward, compressed unless exact.
 
     Sets ``ctx.x_exact`` (to pass to ``save_for_backward``, which keeps autograd's version
     checks and lets the saved-tensor hooks see it), ``ctx.packed`` and ``ctx.scheme``. With
     ``needed=False`` (e.g. a frozen weight: its gradient is the only user of ``x``) only the
     geometry is kept. ``regroup``: see :func:`actnn_mm.share_cache.sample_view`.
+    ``affine``: see :func:`pack_activation` (the result is x itself when x is kept exact).
     """
     ctx.scheme = scheme
     ctx.x_geom = None
@@ -127,7 +131,7 @@ def save_input(ctx: Any, x: Tensor, scheme: LayerScheme, needed: bool = True,
         ctx.x_exact, ctx.packed = None, None
         ctx.x_geom = (x.shape, x.stride(), x.dtype, x.device)
         return
-    packed = pack_activation(x, scheme, owner=ctx, regroup=regroup)
+    packed = pack_activation(x, scheme, owner=ctx, regroup=regroup, affine=affine)
     exact = packed is x
     ctx.x_exact = x if exact else None
     ctx.packed = None if exact else packed

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import saved_bytes
-from ..engine import pack_mask, unpack_mask
+from ..engine.mask import PackedMask, masked_grad, pack_nonzero, unpack_mask_as
 from ._qlayer import (
     AmpFunction,
     compress_active,
@@ -23,8 +23,8 @@ from ._qlayer import (
 __all__ = ['QReLU', 'QLeakyReLU', 'QGELU', 'QSiLU', 'QHardswish', 'save_derivative']
 
 
-def _keep_mask(ctx: Any, mask: Tensor) -> None:
-    ctx.mask = pack_mask(mask)
+def _keep_mask(ctx: Any, mask: PackedMask) -> None:
+    ctx.mask = mask
     saved_bytes.record(ctx.mask)
 
 
@@ -37,20 +37,19 @@ class _ReLUFunction(AmpFunction):
             ctx.mark_dirty(x)
         else:
             out = torch.relu(x)
-        _keep_mask(ctx, out != 0)  # != 0, not > 0: NaN passes the gradient, as in torch
+        _keep_mask(ctx, pack_nonzero(out))  # != 0, not > 0: NaN passes the gradient, as in torch
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> Tuple[Optional[Tensor], None]:
-        mask = unpack_mask(ctx.mask)
-        return torch.where(mask, grad_out, 0), None
+        return masked_grad(ctx.mask, grad_out), None
 
 
 class _LeakyReLUFunction(AmpFunction):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, slope: float, inplace: bool) -> Tensor:
-        _keep_mask(ctx, x > 0)
+        _keep_mask(ctx, pack_nonzero(x, positive=True))
         if inplace:
             out = F.leaky_relu_(x, slope)
             ctx.mark_dirty(x)
@@ -61,7 +60,7 @@ class _LeakyReLUFunction(AmpFunction):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> Tuple[Optional[Tensor], None, None]:
-        positive = unpack_mask(ctx.mask).to(grad_out.dtype)  # 1 > 0, 0 <= 0: same branches
+        positive = unpack_mask_as(ctx.mask, grad_out.dtype)  # 1 > 0, 0 <= 0: same branches
         return torch.ops.aten.leaky_relu_backward(grad_out, positive, ctx.slope, False), \
             None, None
 

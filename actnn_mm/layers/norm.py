@@ -4,13 +4,14 @@ they are."""
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..engine.compressed import Affine
 from . import _sync_bn_cpu
 from ._qlayer import (
     AmpFunction,
@@ -54,8 +55,15 @@ def save_normalized_input(ctx: Any, x: Tensor, mean: Tensor, invstd: Tensor,
 
 
 def save_bn_input(ctx: Any, x: Tensor, mean: Tensor, invstd: Tensor, scheme: Any) -> None:
-    """:func:`save_normalized_input` with batch norm's per-channel (C,) statistics."""
-    save_normalized_input(ctx, x, per_channel(mean, x), per_channel(invstd, x), scheme)
+    """:func:`save_normalized_input` with batch norm's per-channel (C,) statistics, the
+    normalisation run inside the compression kernel (an ``Affine`` pre-transform per channel,
+    any memory format): no elementwise ops, no x_hat tensor. ``ctx.normalized`` is False when x
+    is kept exact as it is."""
+    if scheme_is_exact(scheme, x) is True:
+        save_input(ctx, x, scheme)
+    else:
+        save_input(ctx, x, scheme, affine=Affine(mean, invstd, dim=1))
+    ctx.normalized = ctx.packed is not None
 
 
 def bn_backward_args(ctx: Any, weight: Optional[Tensor], mean: Tensor,
@@ -67,7 +75,21 @@ def bn_backward_args(ctx: Any, weight: Optional[Tensor], mean: Tensor,
     if not ctx.normalized:
         return weight, mean, invstd
     scale = invstd if weight is None else weight.to(invstd.dtype) * invstd
-    return scale, torch.zeros_like(mean), torch.ones_like(invstd)
+    zeros, ones = _unit_stats(invstd)
+    return scale, zeros, ones
+
+
+_UNIT_STATS: Dict[Tuple[int, torch.dtype, torch.device], Tuple[Tensor, Tensor]] = {}
+
+
+def _unit_stats(like: Tensor) -> Tuple[Tensor, Tensor]:
+    """Zeros and ones shaped like ``like`` (read-only inputs of the backward ops), made once per
+    (size, dtype, device) instead of twice per backward."""
+    key = (like.numel(), like.dtype, like.device)
+    pair = _UNIT_STATS.get(key)
+    if pair is None:
+        pair = _UNIT_STATS[key] = (torch.zeros_like(like), torch.ones_like(like))
+    return pair
 
 
 def normalized_backward_stats(ctx: Any, mean: Tensor, invstd: Tensor

@@ -3,7 +3,7 @@ integer; any kernel, stride, padding, dilation, ceil_mode) instead of the input 
 indices; AvgPool2d keeps only the input's geometry."""
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,20 +17,45 @@ from ._qlayer import AmpFunction, compress_active
 __all__ = ['QMaxPool2d', 'QAvgPool2d', 'window_index', 'flat_index']
 
 
-def _window_origin(out_h: int, out_w: int, stride: Tuple[int, int], padding: Tuple[int, int],
-                   device: torch.device) -> Tuple[Tensor, Tensor]:
-    h0 = torch.arange(out_h, device=device) * stride[0] - padding[0]
-    w0 = torch.arange(out_w, device=device) * stride[1] - padding[1]
-    return h0.view(-1, 1), w0.view(1, -1)
+_BASES: Dict[Tuple, Tensor] = {}
+
+
+def _window_base(out_h: int, out_w: int, in_w: int, stride: Tuple[int, int],
+                 padding: Tuple[int, int], device: torch.device) -> Tensor:
+    """Flat index of each output's window origin, int64 [out_h, out_w] (may be negative with
+    padding); made once per geometry, not in every forward and backward."""
+    key = (out_h, out_w, in_w, tuple(stride), tuple(padding), device)
+    base = _BASES.get(key)
+    if base is None:
+        h0 = torch.arange(out_h, device=device) * stride[0] - padding[0]
+        w0 = torch.arange(out_w, device=device) * stride[1] - padding[1]
+        base = _BASES[key] = h0.view(-1, 1) * in_w + w0.view(1, -1)
+    return base
 
 
 def window_index(flat: Tensor, in_w: int, kernel: Tuple[int, int], stride: Tuple[int, int],
                  padding: Tuple[int, int], dilation: Tuple[int, int]) -> Tensor:
-    """Flat input indices (``max_pool2d_with_indices``) -> position in the window, row-major."""
-    h0, w0 = _window_origin(flat.shape[-2], flat.shape[-1], stride, padding, flat.device)
-    kh = torch.div(flat.div(in_w, rounding_mode='floor') - h0, dilation[0],
-                   rounding_mode='floor')
-    kw = torch.div(flat.remainder(in_w) - w0, dilation[1], rounding_mode='floor')
+    """Flat input indices (``max_pool2d_with_indices``) -> position in the window, row-major.
+
+    The offset from the window origin is r = kh * dil_h * in_w + kw * dil_w with
+    0 <= kw * dil_w < in_w whenever the window's width fits the input's (else two divisions
+    per coordinate), so kh and kw follow from one division and one remainder."""
+    if (kernel[1] - 1) * dilation[1] >= in_w:  # window wider than the input: per coordinate
+        out_h, out_w = flat.shape[-2], flat.shape[-1]
+        h0 = torch.arange(out_h, device=flat.device).view(-1, 1) * stride[0] - padding[0]
+        w0 = torch.arange(out_w, device=flat.device).view(1, -1) * stride[1] - padding[1]
+        kh = torch.div(flat.div(in_w, rounding_mode='floor') - h0, dilation[0],
+                       rounding_mode='floor')
+        kw = flat.remainder(in_w) - w0
+    else:
+        r = flat - _window_base(flat.shape[-2], flat.shape[-1], in_w, stride, padding,
+                                flat.device)
+        kh = torch.div(r, in_w, rounding_mode='floor')
+        kw = r.remainder(in_w)
+        if dilation[0] > 1:
+            kh = torch.div(kh, dilation[0], rounding_mode='floor')
+    if dilation[1] > 1:
+        kw = torch.div(kw, dilation[1], rounding_mode='floor')
     return kh * kernel[1] + kw
 
 
@@ -38,17 +63,19 @@ def flat_index(window: Tensor, in_w: int, kernel: Tuple[int, int], stride: Tuple
                padding: Tuple[int, int], dilation: Tuple[int, int]) -> Tensor:
     """Inverse of :func:`window_index`."""
     window = window.long()
-    h0, w0 = _window_origin(window.shape[-2], window.shape[-1], stride, padding, window.device)
-    ih = h0 + torch.div(window, kernel[1], rounding_mode='floor') * dilation[0]
-    iw = w0 + window.remainder(kernel[1]) * dilation[1]
-    return ih * in_w + iw
+    base = _window_base(window.shape[-2], window.shape[-1], in_w, stride, padding,
+                        window.device)
+    kh = torch.div(window, kernel[1], rounding_mode='floor')
+    kw = window.remainder(kernel[1])
+    return (kh * (dilation[0] * in_w) + base).add_(kw * dilation[1] if dilation[1] > 1 else kw)
 
 
 def _pack_window(window: Tensor, window_size: int) -> object:
-    """ceil(log2(window)) bits per output (4 for 3x3); int32 beyond the packer's 16 bits."""
+    """ceil(log2(window)) bits per output (4 for 3x3); int32 beyond the packer's 16 bits.
+    Positions are in [0, window_size) by construction: packed without a range check."""
     nbits = max(1, (window_size - 1).bit_length())
     if nbits <= 16:
-        return pack_index(window, nbits)
+        return pack_index(window, nbits, check=False)
     return window.to(torch.int32)
 
 

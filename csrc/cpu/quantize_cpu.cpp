@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "checks.h"
+#include "cpu/cpu_common.h"
 #include "host_rng.h"
 #include "quant_common.h"
 
@@ -29,89 +30,7 @@ std::pair<uint64_t, uint64_t> draw_cpu_seed_offset(const std::optional<at::Gener
 
 namespace {
 
-constexpr int64_t kGrain = 8;  // groups per task: at G=256 that is 8 KiB of fp32 input
-
-template <typename T>
-inline float to_f(T v) {
-  return static_cast<float>(v);
-}
-
-// Load the valid elements of one group as fp32 and reduce them to (min, max, any non-finite).
-template <typename T>
-inline void load_group(const T* src, int64_t len, float* buf, float& mn, float& mx, bool& bad) {
-  for (int64_t j = 0; j < len; ++j) buf[j] = to_f(src[j]);
-  float lo = buf[0], hi = buf[0];
-  int nf = 0;
-  for (int64_t j = 0; j < len; ++j) {
-    const float v = buf[j];
-    lo = v < lo ? v : lo;
-    hi = v > hi ? v : hi;
-    nf |= static_cast<int>(non_finite(v));
-  }
-  mn = lo;
-  mx = hi;
-  bad = nf != 0;
-}
-
-// Uniforms for the group's G elements: calls ctr0 .. ctr0 + G/4 - 1 of the stream, evaluated
-// round by round over all calls (structure of arrays) so the compiler vectorises the rounds.
-inline void philox_uniforms(uint64_t seed, uint64_t offset, uint64_t ctr0, int64_t calls,
-                            float* u) {
-  uint32_t c0[kMaxGroupSize / 4], c1[kMaxGroupSize / 4], c2[kMaxGroupSize / 4],
-      c3[kMaxGroupSize / 4];
-  for (int64_t k = 0; k < calls; ++k) {
-    const uint64_t c = ctr0 + static_cast<uint64_t>(k);
-    c0[k] = static_cast<uint32_t>(c);
-    c1[k] = static_cast<uint32_t>(c >> 32);
-    c2[k] = static_cast<uint32_t>(offset);
-    c3[k] = static_cast<uint32_t>(offset >> 32);
-  }
-  for (int r = 0; r < 10; ++r) {
-    uint32_t k0, k1;
-    philox_round_key(static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32), r, k0, k1);
-    for (int64_t k = 0; k < calls; ++k) philox_round(c0[k], c1[k], c2[k], c3[k], k0, k1);
-  }
-  for (int64_t k = 0; k < calls; ++k) {
-    u[4 * k] = uniform01(c0[k]);
-    u[4 * k + 1] = uniform01(c1[k]);
-    u[4 * k + 2] = uniform01(c2[k]);
-    u[4 * k + 3] = uniform01(c3[k]);
-  }
-}
-
-// Pack / unpack whole groups with the bit width known at compile time (unrolled shifts).
-template <int B>
-inline void pack_group(const uint32_t* q, int64_t chunks, uint8_t* out) {
-  for (int64_t c = 0; c < chunks; ++c) {
-    uint64_t v = 0;
-    for (int j = 0; j < 8; ++j) v |= static_cast<uint64_t>(q[8 * c + j]) << (j * B);
-    for (int i = 0; i < B; ++i) out[c * B + i] = static_cast<uint8_t>(v >> (8 * i));
-  }
-}
-
-template <int B>
-inline void unpack_group(const uint8_t* src, int64_t chunks, uint32_t* q) {
-  constexpr uint64_t mask = (uint64_t{1} << B) - 1;
-  for (int64_t c = 0; c < chunks; ++c) {
-    uint64_t v = 0;
-    for (int i = 0; i < B; ++i) v |= static_cast<uint64_t>(src[c * B + i]) << (8 * i);
-    for (int j = 0; j < 8; ++j) q[8 * c + j] = static_cast<uint32_t>((v >> (j * B)) & mask);
-  }
-}
-
-template <typename F>
-inline void with_bits(int b, F&& f) {
-  switch (b) {
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 3: f(std::integral_constant<int, 3>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    case 5: f(std::integral_constant<int, 5>{}); break;
-    case 6: f(std::integral_constant<int, 6>{}); break;
-    case 7: f(std::integral_constant<int, 7>{}); break;
-    default: f(std::integral_constant<int, 8>{}); break;
-  }
-}
+using namespace cpu;
 
 template <typename T>
 void quantize_kernel(const T* x, const Layout& l, int64_t bits, const int32_t* sample_bits,
@@ -120,8 +39,6 @@ void quantize_kernel(const T* x, const Layout& l, int64_t bits, const int32_t* s
   const int64_t G = l.G;
   at::parallel_for(0, l.groups(), kGrain, [&](int64_t begin, int64_t end) {
     float buf[kMaxGroupSize];
-    uint32_t q[kMaxGroupSize];
-    float u[kMaxGroupSize];
     for (int64_t gi = begin; gi < end; ++gi) {
       const int64_t n = gi / l.Gs, g = gi % l.Gs;
       const int b = sample_bits ? static_cast<int>(sample_bits[n]) : static_cast<int>(bits);
@@ -139,23 +56,8 @@ void quantize_kernel(const T* x, const Layout& l, int64_t bits, const int32_t* s
       meta[2 * gi] = valid_bits ? p.mn : NAN;
       meta[2 * gi + 1] = valid_bits ? p.step : NAN;
       if (!valid_bits) continue;  // inconsistent sample_bits/offsets: never write out of bounds
-      if (p.bad) {
-        for (int64_t j = 0; j < G; ++j) q[j] = 0u;
-      } else {
-        if (stochastic) {
-          philox_uniforms(seed, offset, static_cast<uint64_t>(gi) * static_cast<uint64_t>(G / 4),
-                          G / 4, u);
-        } else {
-          for (int64_t j = 0; j < len; ++j) u[j] = 0.5f;
-        }
-        // quantize_value() without the per-element `bad` test: a loop that vectorises.
-        const float mn_ = p.mn, sc = p.scale;
-        const uint32_t Bq = static_cast<uint32_t>(max_level(b));
-        for (int64_t j = 0; j < len; ++j) q[j] = quantize_code(buf[j], mn_, sc, u[j], Bq);
-        for (int64_t j = len; j < G; ++j) q[j] = 0u;
-      }
-      uint8_t* out = payload + base;
-      with_bits(b, [&](auto bb) { pack_group<decltype(bb)::value>(q, G / 8, out); });
+      quantize_pack_group(buf, len, G, p.mn, p.scale, p.bad, b, stochastic, seed, offset, gi,
+                          payload + base);
     }
   });
 }
@@ -166,7 +68,7 @@ void dequantize_kernel(const uint8_t* payload, const float* meta, const Layout& 
                        int64_t payload_bytes, T* out) {
   const int64_t G = l.G;
   at::parallel_for(0, l.groups(), kGrain, [&](int64_t begin, int64_t end) {
-    uint32_t q[kMaxGroupSize];
+    float fbuf[kMaxGroupSize];
     for (int64_t gi = begin; gi < end; ++gi) {
       const int64_t n = gi / l.Gs, g = gi % l.Gs;
       const int b = sample_bits ? static_cast<int>(sample_bits[n]) : static_cast<int>(bits);
@@ -182,10 +84,12 @@ void dequantize_kernel(const uint8_t* payload, const float* meta, const Layout& 
         continue;
       }
       const float mn = meta[2 * gi], step = meta[2 * gi + 1];
-      const uint8_t* src = payload + base;
-      const int64_t chunks = (len + 7) / 8;
-      with_bits(b, [&](auto bb) { unpack_group<decltype(bb)::value>(src, chunks, q); });
-      for (int64_t j = 0; j < len; ++j) dst[j] = static_cast<T>(dequantize_value(q[j], mn, step));
+      if constexpr (std::is_same_v<T, float>) {
+        unpack_dequantize_group(payload + base, b, len, mn, step, dst);
+      } else {
+        unpack_dequantize_group(payload + base, b, len, mn, step, fbuf);
+        for (int64_t j = 0; j < len; ++j) dst[j] = static_cast<T>(fbuf[j]);
+      }
     }
   });
 }
@@ -206,16 +110,6 @@ void minmax_kernel(const T* x, const Layout& l, float* out) {
     }
   });
 }
-
-#define ACTNN_DISPATCH_FLOAT(TYPE, NAME, ...)                                    \
-  [&] {                                                                          \
-    switch (TYPE) {                                                              \
-      case at::kFloat: { using scalar_t = float; return __VA_ARGS__(); }         \
-      case at::kHalf: { using scalar_t = at::Half; return __VA_ARGS__(); }       \
-      case at::kBFloat16: { using scalar_t = at::BFloat16; return __VA_ARGS__(); } \
-      default: TORCH_CHECK(false, NAME, ": unsupported dtype ", TYPE);           \
-    }                                                                            \
-  }()
 
 std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, int64_t num_samples,
                                                 int64_t group_size, int64_t bits,

@@ -83,7 +83,7 @@ def test_import_does_not_load_or_build_the_extension():
 def test_reference_fallback_warns_and_matches(monkeypatch):
     x = torch.randn(3, 777, dtype=torch.bfloat16)
     fast = compress(x, 4, seed=9)
-    monkeypatch.setattr(_ops, 'has_kernels', lambda device: False)
+    monkeypatch.setenv('ACTNN_MM_REFERENCE', '1')
     monkeypatch.setattr(_ops, '_WARNED', set())
     with pytest.warns(RuntimeWarning, match='slow pure-PyTorch compression path'):
         slow = compress(x, 4, seed=9)
@@ -91,3 +91,21 @@ def test_reference_fallback_warns_and_matches(monkeypatch):
     assert torch.equal(decompress(slow), decompress(fast))
     m = torch.randn(50) > 0
     assert torch.equal(unpack_mask(pack_mask(m)), m)
+
+
+def test_reference_is_the_dispatchers_default_kernel(monkeypatch):
+    """Devices without a compiled kernel reach the reference through the dispatcher (its
+    CompositeExplicitAutograd kernel), which warns once and gives the kernels' bytes."""
+    x = torch.randn(4, 300)
+    args = (x.reshape(-1), 4, 64, 0, 9, 1, 8, None, None, 1, 1, None, 1.0, True, 3, 1, False,
+            None)
+    for name in _ops._OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f'actnn_mm::{name}',
+                                                              'CompositeExplicitAutograd')
+    monkeypatch.setattr(_ops, '_WARNED', set())
+    op = torch.ops.actnn_mm.compress.default
+    with pytest.warns(RuntimeWarning, match="no compiled kernels for device type 'cpu'"):
+        slow = op._op_dk(torch._C.DispatchKey.CompositeExplicitAutograd, *args)
+    fast = op(*args)
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)

@@ -1,0 +1,113 @@
+// Building blocks of the CPU kernels (quantize_cpu.cpp, compress_cpu.cpp): per-group loads,
+// the Philox rounds structure-of-arrays, packing with the bit width as a template parameter.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "checks.h"
+#include "quant_common.h"
+
+namespace actnn {
+namespace cpu {
+
+constexpr int64_t kGrain = 8;  // groups per task: at G=256 that is 8 KiB of fp32 input
+
+template <typename T>
+inline float to_f(T v) {
+  return static_cast<float>(v);
+}
+
+// Load the valid elements of one group as fp32 and reduce them to (min, max, any non-finite).
+// The per-group hot loops, compiled for AVX-512, AVX2 and baseline x86-64 and picked at load
+// time (group_kernels.cpp); same IEEE operations on every path, so the same bytes.
+void reduce_group(const float* buf, int64_t len, float& mn, float& mx, bool& bad);
+// Quantize one loaded group (params p, b bits, stream position gi) and pack it (G / 8 * b bytes).
+void quantize_pack_group(const float* buf, int64_t len, int64_t G, float mn, float scale,
+                         bool bad, int b, bool stochastic, uint64_t seed, uint64_t offset,
+                         int64_t gi, uint8_t* out);
+// Unpack `len` codes of b bits and dequantize them (q * step + mn) into out.
+void unpack_dequantize_group(const uint8_t* src, int b, int64_t len, float mn, float step,
+                             float* out);
+
+template <typename T>
+inline void load_group(const T* src, int64_t len, float* buf, float& mn, float& mx, bool& bad) {
+  for (int64_t j = 0; j < len; ++j) buf[j] = to_f(src[j]);
+  reduce_group(buf, len, mn, mx, bad);
+}
+
+// Uniforms for the group's G elements: calls ctr0 .. ctr0 + G/4 - 1 of the stream, evaluated
+// round by round over all calls (structure of arrays) so the compiler vectorises the rounds.
+inline void philox_uniforms(uint64_t seed, uint64_t offset, uint64_t ctr0, int64_t calls,
+                            float* u) {
+  uint32_t c0[kMaxGroupSize / 4], c1[kMaxGroupSize / 4], c2[kMaxGroupSize / 4],
+      c3[kMaxGroupSize / 4];
+  for (int64_t k = 0; k < calls; ++k) {
+    const uint64_t c = ctr0 + static_cast<uint64_t>(k);
+    c0[k] = static_cast<uint32_t>(c);
+    c1[k] = static_cast<uint32_t>(c >> 32);
+    c2[k] = static_cast<uint32_t>(offset);
+    c3[k] = static_cast<uint32_t>(offset >> 32);
+  }
+  for (int r = 0; r < 10; ++r) {
+    uint32_t k0, k1;
+    philox_round_key(static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32), r, k0, k1);
+    for (int64_t k = 0; k < calls; ++k) philox_round(c0[k], c1[k], c2[k], c3[k], k0, k1);
+  }
+  for (int64_t k = 0; k < calls; ++k) {
+    u[4 * k] = uniform01(c0[k]);
+    u[4 * k + 1] = uniform01(c1[k]);
+    u[4 * k + 2] = uniform01(c2[k]);
+    u[4 * k + 3] = uniform01(c3[k]);
+  }
+}
+
+// Pack / unpack whole groups with the bit width known at compile time (unrolled shifts).
+template <int B>
+inline void pack_group(const uint32_t* q, int64_t chunks, uint8_t* out) {
+  for (int64_t c = 0; c < chunks; ++c) {
+    uint64_t v = 0;
+    for (int j = 0; j < 8; ++j) v |= static_cast<uint64_t>(q[8 * c + j]) << (j * B);
+    for (int i = 0; i < B; ++i) out[c * B + i] = static_cast<uint8_t>(v >> (8 * i));
+  }
+}
+
+template <int B>
+inline void unpack_group(const uint8_t* src, int64_t chunks, uint32_t* q) {
+  constexpr uint64_t mask = (uint64_t{1} << B) - 1;
+  for (int64_t c = 0; c < chunks; ++c) {
+    uint64_t v = 0;
+    for (int i = 0; i < B; ++i) v |= static_cast<uint64_t>(src[c * B + i]) << (8 * i);
+    for (int j = 0; j < 8; ++j) q[8 * c + j] = static_cast<uint32_t>((v >> (j * B)) & mask);
+  }
+}
+
+template <typename F>
+inline void with_bits(int b, F&& f) {
+  switch (b) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    default: f(std::integral_constant<int, 8>{}); break;
+  }
+}
+
+#define ACTNN_DISPATCH_FLOAT(TYPE, NAME, ...)                                    \
+  [&] {                                                                          \
+    switch (TYPE) {                                                              \
+      case at::kFloat: { using scalar_t = float; return __VA_ARGS__(); }         \
+      case at::kHalf: { using scalar_t = at::Half; return __VA_ARGS__(); }       \
+      case at::kBFloat16: { using scalar_t = at::BFloat16; return __VA_ARGS__(); } \
+      default: TORCH_CHECK(false, NAME, ": unsupported dtype ", TYPE);           \
+    }                                                                            \
+  }()
+
+
+}  // namespace cpu
+}  // namespace actnn

@@ -1,0 +1,104 @@
+// CPU kernels of the fused mask ops: pack a float tensor's (x != 0) / (x > 0) bits directly,
+// unpack them as 0/1 of a float dtype, and apply them to a gradient (ReLU backward), each one
+// pass without bool or index temporaries.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "checks.h"
+#include "cpu/cpu_common.h"
+
+namespace actnn {
+namespace {
+
+constexpr int64_t kChunkGrain = 4096;  // 8-element chunks per task
+
+template <typename T>
+void pack_nonzero_kernel(const T* x, int64_t numel, bool positive, uint8_t* out) {
+  at::parallel_for(0, (numel + 7) / 8, kChunkGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      uint32_t byte = 0;
+      for (int j = 0; j < 8; ++j) {
+        const int64_t i = 8 * c + j;
+        if (i < numel) {
+          const float v = static_cast<float>(x[i]);
+          byte |= static_cast<uint32_t>(positive ? v > 0.0f : v != 0.0f) << j;
+        }
+      }
+      out[c] = static_cast<uint8_t>(byte);
+    }
+  });
+}
+
+at::Tensor pack_nonzero_cpu(const at::Tensor& x, bool positive) {
+  check_float_input(x, "pack_nonzero");
+  const int64_t numel = x.numel();
+  auto out = at::empty({packed_bytes(numel, 1)}, x.options().dtype(at::kByte));
+  if (numel == 0) return out;
+  ACTNN_DISPATCH_FLOAT(x.scalar_type(), "actnn_mm.pack_nonzero", [&] {
+    pack_nonzero_kernel(x.const_data_ptr<scalar_t>(), numel, positive, out.data_ptr<uint8_t>());
+  });
+  return out;
+}
+
+inline void check_mask(const at::Tensor& packed, int64_t numel, const char* op) {
+  TORCH_CHECK(numel >= 0, "actnn_mm.", op, ": numel must be >= 0, got ", numel);
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 1 && packed.is_contiguous() &&
+                  packed.numel() == packed_bytes(numel, 1),
+              "actnn_mm.", op, ": packed must be a contiguous uint8 tensor of ",
+              packed_bytes(numel, 1), " bytes (1 bit per element), got ", packed.scalar_type(),
+              " ", packed.sizes());
+}
+
+at::Tensor unpack_mask_cpu(const at::Tensor& packed, int64_t numel, at::ScalarType dtype) {
+  check_mask(packed, numel, "unpack_mask");
+  check_out_dtype(dtype, "unpack_mask");
+  auto out = at::empty({numel}, packed.options().dtype(dtype));
+  if (numel == 0) return out;
+  const uint8_t* src = packed.const_data_ptr<uint8_t>();
+  ACTNN_DISPATCH_FLOAT(dtype, "actnn_mm.unpack_mask", [&] {
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    at::parallel_for(0, (numel + 7) / 8, kChunkGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        const uint32_t byte = src[c];
+        for (int j = 0; j < 8 && 8 * c + j < numel; ++j)
+          dst[8 * c + j] = static_cast<scalar_t>(static_cast<float>((byte >> j) & 1u));
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor mask_grad_cpu(const at::Tensor& grad, const at::Tensor& packed) {
+  check_float_input(grad, "mask_grad");
+  const int64_t numel = grad.numel();
+  check_mask(packed, numel, "mask_grad");
+  TORCH_CHECK(packed.device() == grad.device(), "actnn_mm.mask_grad: packed is on ",
+              packed.device(), " but grad is on ", grad.device());
+  auto out = at::empty_like(grad);
+  if (numel == 0) return out;
+  const uint8_t* src = packed.const_data_ptr<uint8_t>();
+  ACTNN_DISPATCH_FLOAT(grad.scalar_type(), "actnn_mm.mask_grad", [&] {
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    at::parallel_for(0, (numel + 7) / 8, kChunkGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        const uint32_t byte = src[c];
+        for (int j = 0; j < 8 && 8 * c + j < numel; ++j) {
+          const int64_t i = 8 * c + j;
+          dst[i] = ((byte >> j) & 1u) ? g[i] : static_cast<scalar_t>(0.0f);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace actnn
+
+TORCH_LIBRARY_IMPL(actnn_mm, CPU, m) {
+  m.impl("pack_nonzero", &actnn::pack_nonzero_cpu);
+  m.impl("unpack_mask", &actnn::unpack_mask_cpu);
+  m.impl("mask_grad", &actnn::mask_grad_cpu);
+}
