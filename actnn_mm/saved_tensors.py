@@ -374,6 +374,13 @@ class compress_saved_tensors(ContextDecorator):
 # ---------------------------------------------------------------------------------------------
 # Installing the context around a module's forward
 
+def _eager(fn: Any) -> Any:
+    """A forward (pre-)hook run eagerly under ``torch.compile``: entering and leaving the
+    context (thread-local state, saved-tensor hooks) happens at run time, between the compiled
+    graphs, whose saved tensors then go through the pack hook like eager ones."""
+    return torch.compiler.disable(fn, recursive=True)
+
+
 class _EnterHook:
     """Forward pre-hook: enter the context when this forward will save tensors."""
 
@@ -393,6 +400,7 @@ class _EnterHook:
             stack = self.entered.stack = []
         return stack
 
+    @_eager
     def __call__(self, module: nn.Module, args: Any) -> None:
         enter = module.training and torch.is_grad_enabled()
         if enter:
@@ -406,6 +414,7 @@ class _ExitHook:
     def __init__(self, enter_hook: _EnterHook) -> None:
         self.enter_hook = enter_hook
 
+    @_eager
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
         stack = self.enter_hook._stack()
         if stack and stack.pop():
@@ -418,6 +427,7 @@ _EXACT = threading.local()
 class _ExactEnter:
     """Forward pre-hook of a module whose saved tensors must stay exact."""
 
+    @_eager
     def __call__(self, module: nn.Module, args: Any) -> None:
         _EXACT.depth = getattr(_EXACT, 'depth', 0) + 1
 
@@ -425,6 +435,7 @@ class _ExactEnter:
 class _ExactExit:
     """Forward hook (``always_call``) closing :class:`_ExactEnter`."""
 
+    @_eager
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
         _EXACT.depth = max(0, getattr(_EXACT, 'depth', 0) - 1)
 
