@@ -40,7 +40,7 @@ def test_cli_prints_a_line_per_level_and_writes_json_and_png(analysis) -> None:
     exact, l3 = result['levels']
     assert exact['saved_bytes'] / l3['saved_bytes'] > 8
     # largest batch: linear in the batch, more with ActNN
-    assert l3['largest_batch'] > 5 * exact['largest_batch'] > 0
+    assert l3['largest_batch'] > 3 * exact['largest_batch'] > 0
 
 
 def test_cpu_peak_follows_the_saving(analysis) -> None:
