@@ -22,7 +22,7 @@ def analysis(tmp_path_factory):
     proc = subprocess.run([sys.executable, osp.join(REPO, 'tools/analyze_memory.py'), CONFIG,
                            '--levels', 'exact', 'L3', '--batch', '8', '--input-size', '112',
                            '--gpu-memory', '16', '--out', out], env=env, capture_output=True,
-                          text=True, timeout=600, cwd=out)
+                          text=True, timeout=1800, cwd=out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(osp.join(out, 'memory_analysis.json')) as f:
         return proc.stdout, json.load(f), out
