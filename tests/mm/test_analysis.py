@@ -38,6 +38,11 @@ CONFIGS = [
      [(224, 224)] * 2, 3.0),
 ]
 IDS = [c[0].split('/')[-1][:-3] for c in CONFIGS]
+#: In the default suite: one detector and the two classifiers; the other five (larger models)
+#: are ``slow``, opt-in: ``pytest -m slow tests/mm/test_analysis.py``.
+FAST = ('fcos_r50-caffe_fpn_gn-head_1x_coco', 'mobilenet-v2_8xb32_in1k', 'deit-tiny_4xb256_in1k')
+CONFIGS = [pytest.param(*c, marks=() if i in FAST else pytest.mark.slow)
+           for c, i in zip(CONFIGS, IDS)]
 
 
 def _spec(config: str, level: str, size: int) -> LevelSpec:
