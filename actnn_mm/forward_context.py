@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .engine import CompressionConfig
-from .keep_exact import remove_hooks, remove_keep_exact
+from .keep_exact import remove_hooks, remove_keep_exact, run_eagerly
 from .saved_tensors import compress_saved_tensors
 
 __all__ = ['install', 'uninstall', 'installed']
@@ -38,6 +38,7 @@ class _EnterHook:
             stack = self.entered.stack = []
         return stack
 
+    @run_eagerly
     def __call__(self, module: nn.Module, args: Any) -> None:
         enter = module.training and torch.is_grad_enabled()
         if enter:
@@ -51,6 +52,7 @@ class _ExitHook:
     def __init__(self, enter_hook: _EnterHook) -> None:
         self.enter_hook = enter_hook
 
+    @run_eagerly
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
         stack = self.enter_hook._stack()
         if stack and stack.pop():

@@ -6,16 +6,26 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator, Tuple
 
+import torch
 from torch import nn
 
-__all__ = ['keep_exact', 'remove_keep_exact', 'in_exact_module', 'exact_scope', 'remove_hooks']
+__all__ = ['keep_exact', 'remove_keep_exact', 'in_exact_module', 'exact_scope', 'run_eagerly', 'remove_hooks']
 
 _EXACT = threading.local()
+
+
+def run_eagerly(fn: Any) -> Any:
+    """A forward (pre-)hook run eagerly under ``torch.compile``: entering and leaving the
+    compression context or an exact scope (thread-local state, saved-tensor hooks) happens at
+    run time, between the compiled graphs, whose saved tensors then go through the pack hook
+    like eager ones."""
+    return torch.compiler.disable(fn, recursive=True)
 
 
 class _ExactEnter:
     """Forward pre-hook of a module whose saved tensors must stay exact."""
 
+    @run_eagerly
     def __call__(self, module: nn.Module, args: Any) -> None:
         _EXACT.depth = getattr(_EXACT, 'depth', 0) + 1
 
@@ -23,6 +33,7 @@ class _ExactEnter:
 class _ExactExit:
     """Forward hook (``always_call``) closing :class:`_ExactEnter`."""
 
+    @run_eagerly
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
         _EXACT.depth = max(0, getattr(_EXACT, 'depth', 0) - 1)
 

@@ -59,12 +59,14 @@ def _nbytes(obj: Any) -> int:
 
 @dataclass
 class SavedBytesReport:
-    """Bytes kept for backward: ``total``, per module (innermost running module) and per kind."""
+    """Bytes kept for backward: ``total``, per module (innermost running module) and per kind;
+    ``exact_by_module``: the part of ``by_module`` kept as plain (uncompressed) tensors."""
 
     total: int = 0
     by_module: Dict[str, int] = field(default_factory=dict)
     by_kind: Dict[str, int] = field(default_factory=dict)
     count: int = 0
+    exact_by_module: Dict[str, int] = field(default_factory=dict)
 
     def mb(self) -> float:
         return self.total / 2**20
@@ -144,6 +146,8 @@ class SavedBytesCounter:
         rep.count += 1
         rep.by_module[name] = rep.by_module.get(name, 0) + n
         rep.by_kind[kind] = rep.by_kind.get(kind, 0) + n
+        if kind == 'exact':
+            rep.exact_by_module[name] = rep.exact_by_module.get(name, 0) + n
 
     # -- hooks --------------------------------------------------------------------------------
     def _pack(self, t: Tensor) -> Tensor:

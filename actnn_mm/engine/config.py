@@ -6,7 +6,8 @@ one process. ``get_default_config``/``set_default_config`` exist only as a conve
 Levels (ActNN paper): L0 exact; L1 4-bit conv/linear/generic, norm layers exact; L2 4-bit
 everywhere; L3 2 bits on average with per-sample and per-layer mixed precision; L4 = L3 +
 compressed activations swapped to pinned host memory; L5 = L4 + the CUDA caching allocator's
-``expandable_segments`` (what replaces the original's patched-PyTorch defragmentation).
+``expandable_segments`` (what replaces the original's patched-PyTorch defragmentation; on CPU,
+glibc's allocator set to return freed blocks).
 Every knob can be overridden on its own: ``CompressionConfig.from_level('L3', bits=3, swap=True)``.
 
 A config is immutable (a frozen dataclass, compared and hashed by value) so that a layer, a
@@ -62,7 +63,8 @@ class CompressionConfig:
     per_layer: allocate the average bits across layers (every ``realloc_interval`` steps, from
         statistics cached on device; one host transfer per solve).
     swap: L4, offload compressed payloads to pinned host memory (CUDA; a no-op on CPU).
-    defrag: L5, enable the CUDA allocator's expandable segments (a no-op without CUDA).
+    defrag: L5, enable the CUDA allocator's expandable segments; on CPU, make glibc return
+        freed activation memory to the system (``engine.allocator_settings.return_freed_cpu_memory``).
     compress_norm: compress the inputs of normalisation layers (False at L1).
     min_numel: tensors with fewer elements are kept exact (not worth the metadata).
     stochastic: stochastic (unbiased) rounding; False rounds to nearest (tests only).

@@ -106,9 +106,12 @@ class LayerScheme:
         avg = self.layer_bits if cfg.per_layer else float(cfg.bits)
         if not self._worth_it(x, n, avg if cfg.mixed else float(cfg.bits)):
             return x
-        if cfg.defrag and x.is_cuda:
-            from .cuda_allocator import enable_expandable_segments
-            enable_expandable_segments()
+        if cfg.defrag:
+            from .allocator_settings import enable_expandable_segments, return_freed_cpu_memory
+            if x.is_cuda:
+                enable_expandable_segments()
+            elif x.device.type == 'cpu':
+                return_freed_cpu_memory()
         g = cfg.group_size
         self.samples = n
         self.features = -(-(x.numel() // n) // g) * g

@@ -59,8 +59,10 @@ TWINS = {q: t for t, q in QLAYERS.items()}
 TWINS[QBatchNormXd] = _nn.modules.batchnorm._BatchNorm
 
 # Pickling and deepcopy (torch.save(model), MoCo's key encoder) skip the run-time scheme state.
+# Under torch.compile every Q-layer runs eagerly between compiled graphs, so it compresses.
 for _q in TWINS:
     _q.__getstate__ = q_getstate
+    _q.forward = eager_forward(_q.forward)
 
 #: Normalisation Q-layers (kept exact where the level does not compress norms, e.g. L1).
 NORM_LAYERS = (QBatchNorm1d, QBatchNorm2d, QBatchNorm3d, QBatchNormXd, QSyncBatchNorm, QLayerNorm,

@@ -3,6 +3,11 @@
 A Q-layer runs its compressing :class:`torch.autograd.Function` only when autograd will keep
 something for backward (training mode, grad enabled, some input or parameter requiring grad);
 otherwise it calls its torch twin's ``forward`` unchanged, so ``eval()``/``no_grad`` cost nothing.
+
+Under ``torch.compile`` the Q-layers' forwards run eagerly (:func:`eager_forward`): dynamo
+breaks the graph around each one, compiles the code between them, and the Q-layer compresses
+exactly as without compile. Tracing one (they hold Python state: schemes, bit allocation,
+random offsets) would otherwise have to fall back to the uncompressed twin: a silent no-op.
 """
 from __future__ import annotations
 
@@ -14,8 +19,8 @@ from torch import Tensor, nn
 from .. import saved_bytes, share_cache
 from ..engine import CompressionConfig, LayerScheme, get_default_config
 
-__all__ = ['AmpFunction', 'owned_output', 'compress_active', 'inplace_on_leaf', 'get_scheme', 'save_input',
-           'load_input', 'pack_activation', 'unpack_activation', 'autocast_dtype',
+__all__ = ['AmpFunction', 'owned_output', 'compress_active', 'eager_forward', 'inplace_on_leaf',
+           'get_scheme', 'save_input', 'load_input', 'pack_activation', 'unpack_activation', 'autocast_dtype',
            'cast_for_autocast', 'suggest_memory_format', 'q_getstate']
 
 #: Attributes a Q-layer may carry besides its twin's: plain attributes, never parameters or
@@ -34,13 +39,31 @@ def q_getstate(self: nn.Module) -> Dict[str, Any]:
     return state
 
 
+def eager_forward(fn: Any) -> Any:
+    """``fn`` run eagerly inside ``torch.compile`` (a graph break around it), as is outside."""
+    return torch.compiler.disable(fn, recursive=True)
+
+
 def compress_active(module: nn.Module, *tensors: Optional[Tensor]) -> bool:
-    """True when autograd will save tensors of this call, i.e. when compressing them pays."""
+    """True when autograd will save tensors of this call, i.e. when compressing them pays.
+
+    Raises when a compressing call is being traced by ``torch.compile``/``torch.export``
+    (possible only by calling a Q-layer's internals from traced code: its ``forward`` itself
+    runs eagerly): running the twin there would train without compression, silently.
+    """
     if not module.training or not torch.is_grad_enabled():
         return False
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
         return False
-    return any(t is not None and t.requires_grad for t in tensors)
+    active = any(t is not None and t.requires_grad for t in tensors)
+    if active and torch.compiler.is_compiling():
+        name = module.__dict__.get('actnn_name') or ''
+        raise RuntimeError(
+            f'actnn_mm: {type(module).__name__} {name!r} is being traced by torch.compile / '
+            'torch.export in a training forward; its compression cannot be traced. Call the '
+            'module itself (its forward runs eagerly between compiled graphs), or convert the '
+            'model back with actnn_mm.revert(model) to compile it whole without ActNN.')
+    return active
 
 
 def inplace_on_leaf(module: nn.Module, x: Tensor) -> bool:

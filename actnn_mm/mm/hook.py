@@ -73,6 +73,7 @@ class ActNNHook(Hook):
     def before_run(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         self._model = model
+        check_compile(runner)
         self.convert(model, logger=runner.logger)
 
     def convert(self, model: nn.Module, logger: Any = None) -> Dict[str, Any]:
@@ -175,6 +176,27 @@ class ActNNHook(Hook):
             runner.logger.info(f'ActNN: restored torch RNG state of iteration {saved_iter}')
 
 
+def check_compile(runner) -> None:
+    """mmengine compiles ``train_step`` after ``before_run`` when the config has ``compile``.
+
+    That works with ActNN: each Q-layer (and each part's saved-tensor context) runs eagerly
+    between the compiled graphs, so it compresses. Only ``fullgraph=True`` cannot work (it
+    forbids those graph breaks): stop here, before any iteration, saying so.
+    """
+    cfg = getattr(runner, 'cfg', None)
+    compile_cfg = cfg.get('compile', False) if cfg is not None else False
+    if not compile_cfg:
+        return
+    if isinstance(compile_cfg, dict) and compile_cfg.get('fullgraph'):
+        raise RuntimeError(
+            'actnn: compile=dict(fullgraph=True) cannot be combined with ActNN: its Q-layers '
+            'run eagerly between compiled graphs (they keep Python state per layer: schemes, '
+            'bit allocation), and fullgraph forbids those graph breaks. Drop fullgraph=True '
+            '(compression then stays on and the rest is compiled), or remove the ActNN hook.')
+    runner.logger.info('ActNN with compile: Q-layers and saved-tensor contexts run eagerly '
+                       'between the compiled graphs (graph breaks); compression stays on.')
+
+
 def rng_state() -> Dict[str, Any]:
     """torch's CPU generator state and, where CUDA is initialised, every device's."""
     state: Dict[str, Any] = {'torch': torch.get_rng_state()}
@@ -208,4 +230,4 @@ def schemes_of(modules: Iterable[nn.Module]) -> List[LayerScheme]:
     return list(found.values())
 
 
-__all__ = ['ActNNHook', 'schemes_of', 'rng_state', 'set_rng_state', 'LEVELS']
+__all__ = ['ActNNHook', 'schemes_of', 'rng_state', 'set_rng_state', 'check_compile', 'LEVELS']
