@@ -9,7 +9,8 @@ from typing import Any, Iterator, Tuple
 import torch
 from torch import nn
 
-__all__ = ['keep_exact', 'remove_keep_exact', 'in_exact_module', 'exact_scope', 'run_eagerly', 'remove_hooks']
+__all__ = ['keep_exact', 'remove_keep_exact', 'in_exact_module', 'exact_scope', 'run_eagerly',
+           'remove_hooks']
 
 _EXACT = threading.local()
 

@@ -29,8 +29,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmengine.config import DictAction  # noqa: E402
 
 import actnn_mm  # noqa: E402,F401  (registrations and stack compat fixes)
-from actnn_mm.mm.analysis import (DEFAULT_LEVELS, analyze, check_levels,  # noqa: E402
-                                  format_text, write_json, write_png)
+from actnn_mm.mm.analysis import (  # noqa: E402
+    DEFAULT_LEVELS,
+    analyze,
+    check_levels,
+    format_text,
+    write_json,
+    write_png,
+)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

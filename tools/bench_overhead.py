@@ -8,10 +8,11 @@
 
 One model per level (same seed: same weights and inputs), SGD momentum 0.9, a full step
 (forward, backward, which steps the bit allocator, and the optimizer step with ``foreach=True``).
-Steps are alternated between the levels in one run: first ``--count-steps`` steps per level under an ``OpCounter`` (compute ops
-without views/metadata/allocations, host reads), then ``--steps`` timed steps per level without
-it. Every figure is the median over steps; speed is reported as throughput relative to the first
-level (``exact`` by default), never as an absolute time alone.
+Steps are alternated between the levels in one run: first ``--count-steps`` steps per level
+under an ``OpCounter`` (compute ops without views/metadata/allocations, host reads), then
+``--steps`` timed steps per level without it. Every figure is the median over steps; speed is
+reported as throughput relative to the first level (``exact`` by default), never as an absolute
+time alone.
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from actnn_mm import convert  # noqa: E402
-from actnn_tools.benchmark.overhead import OpCounter  # noqa: E402
 from actnn_mm.engine import CompressionConfig  # noqa: E402
+from actnn_tools.benchmark.overhead import OpCounter  # noqa: E402
 
 MODELS = ('resnet50', 'faster_rcnn', 'swin_t')
 

@@ -3,7 +3,8 @@
 
     python tools/zoo_check.py                          # the whole zoo, writes docs/zoo.md
     python tools/zoo_check.py --subset ci --out none   # the test suite's subset, table only
-    python tools/zoo_check.py --configs deit-tiny_4xb256_in1k segnext_mscan-t_1xb16-adamw-160k_ade20k-512x512 --breakdown 5
+    python tools/zoo_check.py --breakdown 5 \
+        --configs deit-tiny_4xb256_in1k segnext_mscan-t_1xb16-adamw-160k_ade20k-512x512
 
 Each model is built from its package's own config (``<package>/.mim/configs/``) with random
 initialisation (every ``Pretrained`` init and ``pretrained=`` removed; loading any checkpoint is
@@ -32,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import dataclasses
 import importlib
 import math
 import os
@@ -44,7 +44,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
@@ -105,10 +105,12 @@ ZOO: Tuple[Entry, ...] = (
     # mmseg: CNNs, real-time and mobile nets, transformers
     _e('mmseg', 'fcn/fcn_r50-d8_4xb2-40k_cityscapes-512x1024.py', 'seg CNN', 96),
     _e('mmseg', 'pspnet/pspnet_r18-d8_4xb2-80k_cityscapes-512x1024.py', 'seg CNN', 96),
-    _e('mmseg', 'deeplabv3plus/deeplabv3plus_r18-d8_4xb2-80k_cityscapes-512x1024.py', 'seg CNN', 96),
+    _e('mmseg', 'deeplabv3plus/deeplabv3plus_r18-d8_4xb2-80k_cityscapes-512x1024.py',
+       'seg CNN', 96),
     _e('mmseg', 'ocrnet/ocrnet_hr18s_4xb2-40k_cityscapes-512x1024.py', 'seg CNN', 96),
     _e('mmseg', 'bisenetv2/bisenetv2_fcn_4xb4-160k_cityscapes-1024x1024.py', 'seg real-time', 96),
-    _e('mmseg', 'bisenetv1/bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024.py', 'seg real-time', 96),
+    _e('mmseg', 'bisenetv1/bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024.py',
+       'seg real-time', 96),
     _e('mmseg', 'stdc/stdc1_4xb12-80k_cityscapes-512x1024.py', 'seg real-time', 96),
     _e('mmseg', 'ddrnet/ddrnet_23-slim_in1k-pre_2xb6-120k_cityscapes-1024x1024.py',
        'seg real-time', 96),
@@ -118,8 +120,10 @@ ZOO: Tuple[Entry, ...] = (
        'seg mobile', 96),
     _e('mmseg', 'erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py', 'seg mobile', 96),
     _e('mmseg', 'segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py', 'seg transformer', 96),
-    _e('mmseg', 'segnext/segnext_mscan-t_1xb16-adamw-160k_ade20k-512x512.py', 'seg transformer', 96),
-    _e('mmseg', 'segmenter/segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py', 'seg transformer', 96),
+    _e('mmseg', 'segnext/segnext_mscan-t_1xb16-adamw-160k_ade20k-512x512.py',
+       'seg transformer', 96),
+    _e('mmseg', 'segmenter/segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py',
+       'seg transformer', 96),
     _e('mmseg', 'swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py',
        'seg transformer', 96),
     # mmpretrain: classification CNNs, mobile nets, transformers
@@ -139,7 +143,8 @@ ZOO: Tuple[Entry, ...] = (
     _e('mmpretrain', 'simclr/simclr_resnet50_8xb32-coslr-200e_in1k.py', 'self-sup', 64),
     _e('mmpretrain', 'byol/byol_resnet50_16xb256-coslr-200e_in1k.py', 'self-sup', 64),
     _e('mmpretrain', 'barlowtwins/barlowtwins_resnet50_8xb256-coslr-300e_in1k.py', 'self-sup', 64),
-    _e('mmpretrain', 'swav/swav_resnet50_8xb32-mcrop-coslr-200e_in1k-224px-96px.py', 'self-sup', 64),
+    _e('mmpretrain', 'swav/swav_resnet50_8xb32-mcrop-coslr-200e_in1k-224px-96px.py',
+       'self-sup', 64),
     _e('mmpretrain', 'mocov3/mocov3_vit-small-p16_16xb256-amp-coslr-300e_in1k.py', 'self-sup', 64),
     _e('mmpretrain', 'mae/mae_vit-base-p16_8xb512-amp-coslr-300e_in1k.py', 'self-sup', 64),
 )
@@ -694,7 +699,7 @@ def markdown(results: Sequence[Result], command: str, wall: float) -> str:
         '',
         '## Targets',
         '',
-        f'| target | measured | |',
+        '| target | measured | |',
         '| --- | --- | --- |',
         f'| every model finite at L2 and L3, L0 bit-identical | '
         f'{sum(1 for r in results if ok(r) and all(r.finite.values()) and r.l0_exact)} of '

@@ -7,10 +7,10 @@ Bits are uniform (1, 2, 4, 8) or per sample (int32 [N], 1..8) with per-sample by
 """
 from __future__ import annotations
 
+import math
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-import math
 from typing import Any, Iterator, Optional, Tuple, Union
 
 import torch
@@ -213,8 +213,8 @@ class Affine:
     ``dim``: shift/scale hold one value per index of that dim (batch norm: dim 1, whatever the
     memory format). ``block``: one value per run of ``block`` consecutive elements in the
     tensor's logical order (contiguous, or copied to contiguous; a dense permuted layout such as
-    channels_last is refused) (layer norm rows: block = normalised numel; group norm of an NCHW tensor:
-    block = C / groups * H * W). The result is rounded to x's dtype before quantizing, like
+    channels_last is refused) (layer norm rows: block = normalised numel; group norm of an NCHW
+    tensor: block = C / groups * H * W). The result is rounded to x's dtype before quantizing, like
     ``((x - shift) * scale).to(x.dtype)``.
     """
 

@@ -64,7 +64,8 @@ class CompressionConfig:
         statistics cached on device; one host transfer per solve).
     swap: L4, offload compressed payloads to pinned host memory (CUDA; a no-op on CPU).
     defrag: L5, enable the CUDA allocator's expandable segments; on CPU, make glibc return
-        freed activation memory to the system (``engine.allocator_settings.return_freed_cpu_memory``).
+        freed activation memory to the system
+        (``engine.allocator_settings.return_freed_cpu_memory``).
     compress_norm: compress the inputs of normalisation layers (False at L1).
     min_numel: tensors with fewer elements are kept exact (not worth the metadata).
     stochastic: stochastic (unbiased) rounding; False rounds to nearest (tests only).

@@ -15,11 +15,17 @@ from typing import Optional, Union
 
 import torch
 
-from .compressed import (PASSTHROUGH_BITS, Affine, CompressedTensor, _compress_impl,
-                         compress_fused, decompress)
+from . import _ops
+from .compressed import (
+    PASSTHROUGH_BITS,
+    Affine,
+    CompressedTensor,
+    _compress_impl,
+    compress_fused,
+    decompress,
+)
 from .config import CompressionConfig
 from .layout import FLOAT_DTYPES, num_samples_of
-from . import _ops
 
 KINDS = ('conv', 'linear', 'norm', 'generic')
 
@@ -123,7 +129,8 @@ class LayerScheme:
                                max_bits=cfg.max_bits, group_size=g, stochastic=cfg.stochastic,
                                affine=affine, stats=stats, stats_factor=factor)
         else:
-            b = int(min(max(round(avg), cfg.min_bits), cfg.max_bits)) if cfg.mixed else int(cfg.bits)
+            b = int(min(max(round(avg), cfg.min_bits), cfg.max_bits)) if cfg.mixed \
+                else int(cfg.bits)
             if b in PASSTHROUGH_BITS:
                 if affine is not None:
                     return x  # kept exact: the caller saves x itself, not normalised

@@ -6,7 +6,7 @@ needs, compressed by :mod:`actnn_mm.engine`; in ``eval()``/``no_grad`` it is the
 """
 import torch.nn as _nn
 
-from ._qlayer import q_getstate
+from ._qlayer import eager_forward, q_getstate
 from .activation import QGELU, QHardswish, QLeakyReLU, QReLU, QSiLU
 from .conv import QConv1d, QConv2d, QConv3d, QConvTranspose1d, QConvTranspose2d, QConvTranspose3d
 from .dropout import QDropout, QDropout2d

@@ -20,8 +20,8 @@ from .. import saved_bytes, share_cache
 from ..engine import CompressionConfig, LayerScheme, get_default_config
 
 __all__ = ['AmpFunction', 'owned_output', 'compress_active', 'eager_forward', 'inplace_on_leaf',
-           'get_scheme', 'save_input', 'load_input', 'pack_activation', 'unpack_activation', 'autocast_dtype',
-           'cast_for_autocast', 'suggest_memory_format', 'q_getstate']
+           'get_scheme', 'save_input', 'load_input', 'pack_activation', 'unpack_activation',
+           'autocast_dtype', 'cast_for_autocast', 'suggest_memory_format', 'q_getstate']
 
 #: Attributes a Q-layer may carry besides its twin's: plain attributes, never parameters or
 #: buffers, so ``state_dict``, ``named_buffers`` order and optimizer state are untouched.

@@ -23,7 +23,7 @@ from ._qlayer import (
     scheme_is_exact,
     suggest_memory_format,
 )
-from ._sync_bn_cpu import per_channel, stats_dtype
+from ._sync_bn_cpu import stats_dtype
 
 __all__ = ['QBatchNorm1d', 'QBatchNorm2d', 'QBatchNorm3d', 'QBatchNormXd', 'QSyncBatchNorm',
            'QLayerNorm', 'QGroupNorm', 'batch_norm_function', 'save_normalized_input']

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_helpers import DTYPES, make_input
 
-from actnn_tools.benchmark.overhead import OpCounter
 from actnn_mm.engine import CompressionConfig, LayerScheme, compress, decompress, reference
 from actnn_mm.engine.bit_solver import allocate_per_sample, variance_bound
 from actnn_mm.engine.compressed import Affine, compress_fused
 from actnn_mm.engine.mask import masked_grad, pack_nonzero, unpack_mask_as
-
-from engine_helpers import DTYPES, make_input
+from actnn_tools.benchmark.overhead import OpCounter
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_helpers import DTYPES
 
 from actnn_mm.engine import CompressionConfig, LayerScheme, decompress
 from actnn_mm.engine.compressed import Affine, compress_fused
 from actnn_mm.engine.mask import masked_grad, pack_nonzero, unpack_mask_as
-from engine_helpers import DTYPES
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')]

@@ -15,8 +15,7 @@ import pytest
 from actnn_mm import measure_saved_bytes
 from actnn_mm.mm.analysis.estimate import optimizer_state_factor, peak_estimate
 from actnn_mm.mm.analysis.input_size import train_batch_size, train_input_spec
-from actnn_mm.mm.analysis.level_run import (LevelSpec, forward_loss, prepare, run_level,
-                                            train_step)
+from actnn_mm.mm.analysis.level_run import LevelSpec, forward_loss, prepare, run_level, train_step
 from actnn_mm.mm.analysis.model_build import load_config
 
 # config, task, test input size, expected full-size input (h, w) per view, min exact/L3 ratio

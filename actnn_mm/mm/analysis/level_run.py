@@ -8,9 +8,9 @@ set recorded); the second is measured: what autograd keeps for backward per modu
 peak: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the parameters, buffers, gradients and
 optimizer state (their exact sizes, resident before the step) plus the step's peak-RSS increase
 over the RSS just before it (``VmHWM`` reset, glibc set to return freed memory first,
-``engine.allocator_settings.return_freed_cpu_memory``). The raw peak RSS and the RSS of the bare interpreter
-are in the result too; the difference between the two is the libraries and code loaded to build
-and run the model, which no batch size changes.
+``engine.allocator_settings.return_freed_cpu_memory``). The raw peak RSS and the RSS of the bare
+interpreter are in the result too; the difference between the two is the libraries and code
+loaded to build and run the model, which no batch size changes.
 """
 from __future__ import annotations
 

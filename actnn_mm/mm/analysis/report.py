@@ -97,7 +97,8 @@ def format_text(analysis: Dict[str, Any]) -> str:
     if not analysis['device'].startswith('cuda'):
         lines.append('(CPU, measured: parameters + buffers + gradients + optimizer state, plus '
                      "the measured step's peak-RSS increase; glibc set to return freed blocks "
-                     'to the system in every run: actnn_mm.engine.allocator_settings.return_freed_cpu_memory)')
+                     'to the system in every run: '
+                     'actnn_mm.engine.allocator_settings.return_freed_cpu_memory)')
     else:
         lines.append('(CUDA: allocator memory; the CUDA context and cached free blocks come on '
                      'top of both the estimate and the largest batch)')

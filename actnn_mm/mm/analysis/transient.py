@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Set, Tuple
 
-import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
