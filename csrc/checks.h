@@ -12,7 +12,6 @@ namespace actnn {
 
 constexpr int64_t kMaxGroupSize = 4096;
 
-
 inline void check_float_input(const at::Tensor& x, const char* op) {
   const auto t = x.scalar_type();
   TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, "actnn_mm.", op,
@@ -75,9 +74,9 @@ inline Layout check_quantize_args(const at::Tensor& x, int64_t num_samples, int6
   const Layout l = make_layout(x.numel(), num_samples, group_size, "quantize");
   check_sample_bits(sample_bits, sample_offsets, bits, l, x.device(), "quantize");
   if (!sample_bits.has_value()) {
-    TORCH_CHECK(payload_bytes == uniform_payload_bytes(l, bits), "actnn_mm.quantize: ",
-                "payload_bytes must be ", uniform_payload_bytes(l, bits), " for ", bits,
-                " bits, got ", payload_bytes);
+    TORCH_CHECK(payload_bytes == uniform_payload_bytes(l, bits),
+                "actnn_mm.quantize: ", "payload_bytes must be ", uniform_payload_bytes(l, bits),
+                " for ", bits, " bits, got ", payload_bytes);
   }
   TORCH_CHECK(payload_bytes >= 0, "actnn_mm.quantize: payload_bytes must be >= 0");
   return l;
@@ -89,10 +88,10 @@ inline void check_payload(const at::Tensor& payload, const at::Tensor& meta, con
   TORCH_CHECK(payload.scalar_type() == at::kByte && payload.dim() == 1 && payload.is_contiguous(),
               "actnn_mm.", op, ": payload must be a contiguous 1-d uint8 tensor, got ",
               payload.scalar_type(), " ", payload.sizes());
-  TORCH_CHECK(meta.scalar_type() == at::kFloat && meta.is_contiguous() &&
-                  meta.numel() == l.groups() * 2,
-              "actnn_mm.", op, ": meta must be a contiguous float32 tensor with ", l.groups() * 2,
-              " elements (min, step per group), got ", meta.scalar_type(), " ", meta.sizes());
+  TORCH_CHECK(
+      meta.scalar_type() == at::kFloat && meta.is_contiguous() && meta.numel() == l.groups() * 2,
+      "actnn_mm.", op, ": meta must be a contiguous float32 tensor with ", l.groups() * 2,
+      " elements (min, step per group), got ", meta.scalar_type(), " ", meta.sizes());
   TORCH_CHECK(meta.device() == payload.device(), "actnn_mm.", op, ": meta is on ", meta.device(),
               " but payload is on ", payload.device());
   if (!sample_bits.has_value()) {
@@ -127,9 +126,9 @@ inline int64_t packed_bytes(int64_t numel, int64_t nbits) { return (numel + 7) /
 // What the fused op was asked to do, validated; shared by the CPU and CUDA entry points.
 struct CompressPlan {
   Layout l;
-  bool per_sample;        // bits chosen per sample (bits == 0) from total_bits
-  int bits;               // uniform bits (per_sample false)
-  int64_t total_bits;     // sum of per-sample bits (per_sample true)
+  bool per_sample;     // bits chosen per sample (bits == 0) from total_bits
+  int bits;            // uniform bits (per_sample false)
+  int64_t total_bits;  // sum of per-sample bits (per_sample true)
   int min_bits, max_bits;
   int64_t payload_bytes;
   bool affine;
@@ -154,10 +153,10 @@ inline CompressPlan check_compress_args(const at::Tensor& x, int64_t num_samples
                 "min_bits/max_bits must satisfy 1 <= min_bits <= max_bits <= 8, got ", min_bits,
                 "/", max_bits);
     TORCH_CHECK(total_bits >= l.N * min_bits && total_bits <= l.N * max_bits,
-                "actnn_mm.compress: total_bits must be in [", l.N * min_bits, ", ",
-                l.N * max_bits, "] for ", l.N, " samples, got ", total_bits);
-    TORCH_CHECK(l.N * (max_bits - min_bits) < (int64_t{1} << 32), "actnn_mm.compress: ",
-                l.N, " samples x ", max_bits - min_bits, " levels exceed 2^32 allocation items");
+                "actnn_mm.compress: total_bits must be in [", l.N * min_bits, ", ", l.N * max_bits,
+                "] for ", l.N, " samples, got ", total_bits);
+    TORCH_CHECK(l.N * (max_bits - min_bits) < (int64_t{1} << 32), "actnn_mm.compress: ", l.N,
+                " samples x ", max_bits - min_bits, " levels exceed 2^32 allocation items");
     p.total_bits = total_bits;
     p.min_bits = static_cast<int>(min_bits);
     p.max_bits = static_cast<int>(max_bits);
@@ -186,12 +185,11 @@ inline CompressPlan check_compress_args(const at::Tensor& x, int64_t num_samples
   }
   p.stats = stats.has_value();
   if (p.stats) {
-    TORCH_CHECK(stats->scalar_type() == at::kFloat && stats->is_contiguous() &&
-                    stats->numel() >= 1,
+    TORCH_CHECK(stats->scalar_type() == at::kFloat && stats->is_contiguous() && stats->numel() >= 1,
                 "actnn_mm.compress: stats must be a contiguous float32 tensor with at least one ",
                 "element, got ", stats->scalar_type(), " ", stats->sizes());
-    TORCH_CHECK(stats->device() == x.device(), "actnn_mm.compress: stats is on ",
-                stats->device(), " but x is on ", x.device());
+    TORCH_CHECK(stats->device() == x.device(), "actnn_mm.compress: stats is on ", stats->device(),
+                " but x is on ", x.device());
   }
   return p;
 }
@@ -205,8 +203,8 @@ inline void check_accumulate_args(const at::Tensor& g, const at::Tensor& acc, in
               acc.scalar_type(), " ", acc.sizes());
   TORCH_CHECK(index >= 0 && index < acc.numel(), "actnn_mm.accumulate_sq_norm: index ", index,
               " out of range for acc with ", acc.numel(), " elements");
-  TORCH_CHECK(acc.device() == g.device(), "actnn_mm.accumulate_sq_norm: acc is on ",
-              acc.device(), " but g is on ", g.device());
+  TORCH_CHECK(acc.device() == g.device(), "actnn_mm.accumulate_sq_norm: acc is on ", acc.device(),
+              " but g is on ", g.device());
 }
 
 }  // namespace actnn

@@ -5,11 +5,11 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(actnn_mm, m) {
-  // x: contiguous [num_samples * D] in memory order. Returns (payload uint8, meta float32 [N*Gs*2]).
-  // Per-sample bits: sample_bits int32 [N] (1..8) with sample_offsets int64 [N] (byte offset of
-  // each sample's payload) and payload_bytes their total; else the uniform `bits`.
-  // Random stream: (seed, offset), or drawn from `generator` (default: the device's) when
-  // use_generator is true. stochastic=false rounds half up (deterministic, for tests).
+  // x: contiguous [num_samples * D] in memory order. Returns (payload uint8, meta float32
+  // [N*Gs*2]). Per-sample bits: sample_bits int32 [N] (1..8) with sample_offsets int64 [N] (byte
+  // offset of each sample's payload) and payload_bytes their total; else the uniform `bits`. Random
+  // stream: (seed, offset), or drawn from `generator` (default: the device's) when use_generator is
+  // true. stochastic=false rounds half up (deterministic, for tests).
   m.def(
       "quantize(Tensor x, int num_samples, int group_size, int bits, Tensor? sample_bits, "
       "Tensor? sample_offsets, int payload_bytes, bool stochastic, int seed, int offset, "

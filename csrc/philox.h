@@ -1,13 +1,14 @@
 // Philox 4x32-10 counter-based random generator, written once for host and device.
 //
 // Why counter-based: the random number used for element e depends only on (seed, offset, e), so the
-// CPU kernel, the CUDA kernel and the pure-PyTorch reference (actnn_mm/engine/philox.py) produce the
-// same stream, and therefore the same packed bytes, for the same seed. No curand.
+// CPU kernel, the CUDA kernel and the pure-PyTorch reference (actnn_mm/engine/philox.py) produce
+// the same stream, and therefore the same packed bytes, for the same seed. No curand.
 //
 // Stream layout (shared by every implementation):
 //   key     = (lo32(seed), hi32(seed))
 //   counter = (lo32(c), hi32(c), lo32(offset), hi32(offset))
-//   element e (in the zero-padded [sample, group, position] order) uses word e % 4 of call c = e / 4.
+//   element e (in the zero-padded [sample, group, position] order) uses word e % 4 of call c = e
+//   / 4.
 #pragma once
 
 #include <cstdint>

@@ -79,8 +79,7 @@ void allocate_bits(const float* rsq, const CompressPlan& p, int32_t* bits) {
 template <typename T>
 void compress_kernel(const T* x, const CompressPlan& p, const Affine& a, bool stochastic,
                      uint64_t seed, uint64_t offset, float* stats, float stats_factor,
-                     int32_t* sample_bits, int64_t* sample_offsets, uint8_t* payload,
-                     float* meta) {
+                     int32_t* sample_bits, int64_t* sample_offsets, uint8_t* payload, float* meta) {
   const Layout& l = p.l;
   const int64_t G = l.G;
   const int64_t group_bytes_per_bit = G / 8;
@@ -98,8 +97,8 @@ void compress_kernel(const T* x, const CompressPlan& p, const Affine& a, bool st
         const GroupParams gp = group_params(mn, mx, bad, b);
         meta[2 * gi] = gp.mn;
         meta[2 * gi + 1] = gp.step;
-        quantize_pack_group(buf, len, G, gp.mn, gp.scale, gp.bad, b, stochastic, seed, offset,
-                            gi, payload + gi * group_bytes_per_bit * b);
+        quantize_pack_group(buf, len, G, gp.mn, gp.scale, gp.bad, b, stochastic, seed, offset, gi,
+                            payload + gi * group_bytes_per_bit * b);
       }
     });
     return;
@@ -150,8 +149,8 @@ void compress_kernel(const T* x, const CompressPlan& p, const Affine& a, bool st
       const int64_t n = gi / l.Gs, g = gi % l.Gs;
       const int64_t start = g * G, len = std::min<int64_t>(G, l.D - start);
       const int b = p.per_sample ? sample_bits[n] : p.bits;
-      const int64_t base = (p.per_sample ? sample_offsets[n] : n * l.Gs * group_bytes_per_bit * b)
-                           + g * group_bytes_per_bit * b;
+      const int64_t base = (p.per_sample ? sample_offsets[n] : n * l.Gs * group_bytes_per_bit * b) +
+                           g * group_bytes_per_bit * b;
       float mn, mx;
       bool bad;
       load_transformed(x, n * l.D + start, len, a, buf, mn, mx, bad);
@@ -166,14 +165,14 @@ void compress_kernel(const T* x, const CompressPlan& p, const Affine& a, bool st
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compress_cpu(
-    const at::Tensor& x, int64_t num_samples, int64_t group_size, int64_t bits,
-    int64_t total_bits, int64_t min_bits, int64_t max_bits, const std::optional<at::Tensor>& shift,
+    const at::Tensor& x, int64_t num_samples, int64_t group_size, int64_t bits, int64_t total_bits,
+    int64_t min_bits, int64_t max_bits, const std::optional<at::Tensor>& shift,
     const std::optional<at::Tensor>& scale, int64_t affine_inner, int64_t affine_period,
     const std::optional<at::Tensor>& stats, double stats_factor, bool stochastic, int64_t seed,
     int64_t offset, bool use_generator, std::optional<at::Generator> generator) {
-  const CompressPlan p = check_compress_args(x, num_samples, group_size, bits, total_bits,
-                                             min_bits, max_bits, shift, scale, affine_inner,
-                                             affine_period, stats);
+  const CompressPlan p =
+      check_compress_args(x, num_samples, group_size, bits, total_bits, min_bits, max_bits, shift,
+                          scale, affine_inner, affine_period, stats);
   uint64_t s = static_cast<uint64_t>(seed), o = static_cast<uint64_t>(offset);
   if (use_generator && stochastic) std::tie(s, o) = draw_cpu_seed_offset(generator);
   const auto opts = x.options();
@@ -183,8 +182,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compress_cpu(
   auto soffs = at::empty({p.per_sample ? p.l.N : 0}, opts.dtype(at::kLong));
   if (p.l.groups() == 0) return {payload, meta, sbits, soffs};
   const Affine a{p.affine ? shift->const_data_ptr<float>() : nullptr,
-                 p.affine ? scale->const_data_ptr<float>() : nullptr, affine_inner,
-                 affine_period};
+                 p.affine ? scale->const_data_ptr<float>() : nullptr, affine_inner, affine_period};
   float* st = p.stats ? stats->data_ptr<float>() : nullptr;
   ACTNN_DISPATCH_FLOAT(x.scalar_type(), "actnn_mm.compress", [&] {
     compress_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), p, a, stochastic, s, o, st,
@@ -225,10 +223,18 @@ void accumulate_sq_norm_cpu(const at::Tensor& g, const at::Tensor& acc, int64_t 
   const at::Tensor gd = g.is_non_overlapping_and_dense() ? g : g.contiguous();
   double total = 0.0;
   switch (gd.scalar_type()) {
-    case at::kFloat: total = sq_norm(gd.const_data_ptr<float>(), gd.numel()); break;
-    case at::kHalf: total = sq_norm(gd.const_data_ptr<at::Half>(), gd.numel()); break;
-    case at::kBFloat16: total = sq_norm(gd.const_data_ptr<at::BFloat16>(), gd.numel()); break;
-    default: total = sq_norm(gd.const_data_ptr<double>(), gd.numel()); break;
+    case at::kFloat:
+      total = sq_norm(gd.const_data_ptr<float>(), gd.numel());
+      break;
+    case at::kHalf:
+      total = sq_norm(gd.const_data_ptr<at::Half>(), gd.numel());
+      break;
+    case at::kBFloat16:
+      total = sq_norm(gd.const_data_ptr<at::BFloat16>(), gd.numel());
+      break;
+    default:
+      total = sq_norm(gd.const_data_ptr<double>(), gd.numel());
+      break;
   }
   float* a = acc.data_ptr<float>();
   a[index] = static_cast<float>(static_cast<double>(a[index]) + total * scale);

@@ -25,9 +25,9 @@ inline float to_f(T v) {
 // time (group_kernels.cpp); same IEEE operations on every path, so the same bytes.
 void reduce_group(const float* buf, int64_t len, float& mn, float& mx, bool& bad);
 // Quantize one loaded group (params p, b bits, stream position gi) and pack it (G / 8 * b bytes).
-void quantize_pack_group(const float* buf, int64_t len, int64_t G, float mn, float scale,
-                         bool bad, int b, bool stochastic, uint64_t seed, uint64_t offset,
-                         int64_t gi, uint8_t* out);
+void quantize_pack_group(const float* buf, int64_t len, int64_t G, float mn, float scale, bool bad,
+                         int b, bool stochastic, uint64_t seed, uint64_t offset, int64_t gi,
+                         uint8_t* out);
 // Unpack `len` codes of b bits and dequantize them (q * step + mn) into out.
 void unpack_dequantize_group(const uint8_t* src, int b, int64_t len, float mn, float step,
                              float* out);
@@ -87,27 +87,52 @@ inline void unpack_group(const uint8_t* src, int64_t chunks, uint32_t* q) {
 template <typename F>
 inline void with_bits(int b, F&& f) {
   switch (b) {
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 3: f(std::integral_constant<int, 3>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    case 5: f(std::integral_constant<int, 5>{}); break;
-    case 6: f(std::integral_constant<int, 6>{}); break;
-    case 7: f(std::integral_constant<int, 7>{}); break;
-    default: f(std::integral_constant<int, 8>{}); break;
+    case 1:
+      f(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      break;
+    case 3:
+      f(std::integral_constant<int, 3>{});
+      break;
+    case 4:
+      f(std::integral_constant<int, 4>{});
+      break;
+    case 5:
+      f(std::integral_constant<int, 5>{});
+      break;
+    case 6:
+      f(std::integral_constant<int, 6>{});
+      break;
+    case 7:
+      f(std::integral_constant<int, 7>{});
+      break;
+    default:
+      f(std::integral_constant<int, 8>{});
+      break;
   }
 }
 
-#define ACTNN_DISPATCH_FLOAT(TYPE, NAME, ...)                                    \
-  [&] {                                                                          \
-    switch (TYPE) {                                                              \
-      case at::kFloat: { using scalar_t = float; return __VA_ARGS__(); }         \
-      case at::kHalf: { using scalar_t = at::Half; return __VA_ARGS__(); }       \
-      case at::kBFloat16: { using scalar_t = at::BFloat16; return __VA_ARGS__(); } \
-      default: TORCH_CHECK(false, NAME, ": unsupported dtype ", TYPE);           \
-    }                                                                            \
+#define ACTNN_DISPATCH_FLOAT(TYPE, NAME, ...)                   \
+  [&] {                                                         \
+    switch (TYPE) {                                             \
+      case at::kFloat: {                                        \
+        using scalar_t = float;                                 \
+        return __VA_ARGS__();                                   \
+      }                                                         \
+      case at::kHalf: {                                         \
+        using scalar_t = at::Half;                              \
+        return __VA_ARGS__();                                   \
+      }                                                         \
+      case at::kBFloat16: {                                     \
+        using scalar_t = at::BFloat16;                          \
+        return __VA_ARGS__();                                   \
+      }                                                         \
+      default:                                                  \
+        TORCH_CHECK(false, NAME, ": unsupported dtype ", TYPE); \
+    }                                                           \
   }()
-
 
 }  // namespace cpu
 }  // namespace actnn

@@ -25,8 +25,8 @@ namespace cpu {
 #ifdef ACTNN_AVX512_PHILOX
 // Philox 4x32-10 for 16 consecutive calls at once (one call per 32-bit lane): the same rounds
 // as philox.h, with the 32x32 -> 64-bit products split into even and odd lanes.
-__attribute__((target("avx512f"))) static inline void mulhilo16(__m512i a, __m512i m,
-                                                               __m512i& hi, __m512i& lo) {
+__attribute__((target("avx512f"))) static inline void mulhilo16(__m512i a, __m512i m, __m512i& hi,
+                                                                __m512i& lo) {
   const __m512i even = _mm512_mul_epu32(a, m);
   const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
   lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
@@ -41,8 +41,10 @@ __attribute__((target("avx512f"))) static inline __m512 hi_pd(__m512 x, __m512 y
 }
 
 // Uniforms of calls ctr0 .. ctr0 + calls - 1 (the layout of philox_uniforms in cpu_common.h).
-__attribute__((target("avx512f"))) static void philox_uniforms_avx512(
-    uint64_t seed, uint64_t offset, uint64_t ctr0, int64_t calls, float* u) {
+__attribute__((target("avx512f"))) static void philox_uniforms_avx512(uint64_t seed,
+                                                                      uint64_t offset,
+                                                                      uint64_t ctr0, int64_t calls,
+                                                                      float* u) {
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m512i m1 = _mm512_set1_epi32(static_cast<int>(kPhiloxM1));
@@ -61,10 +63,10 @@ __attribute__((target("avx512f"))) static void philox_uniforms_avx512(
       __m512i hi0, lo0, hi1, lo1;
       mulhilo16(c0, m0, hi0, lo0);
       mulhilo16(c2, m1, hi1, lo1);
-      const __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1),
-                                          _mm512_set1_epi32(static_cast<int>(k0)));
-      const __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3),
-                                          _mm512_set1_epi32(static_cast<int>(k1)));
+      const __m512i n0 =
+          _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
+      const __m512i n2 =
+          _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
       c0 = n0;
       c1 = lo1;
       c2 = n2;
@@ -105,8 +107,8 @@ __attribute__((target("avx512f"))) static inline __m512i code_shifts(int b) {
 }
 
 // pack_group for b in {1, 2, 4}, 16 codes (2b bytes) per step; `count` is a multiple of 16.
-__attribute__((target("avx512f"))) static void pack_avx512(const uint32_t* q, int64_t count,
-                                                          int b, uint8_t* out) {
+__attribute__((target("avx512f"))) static void pack_avx512(const uint32_t* q, int64_t count, int b,
+                                                           uint8_t* out) {
   const __m512i shifts = code_shifts(b);
   for (int64_t j = 0; j < count; j += 16) {
     const __m512i v = _mm512_sllv_epi32(_mm512_loadu_si512(q + j), shifts);
@@ -125,8 +127,9 @@ __attribute__((target("avx512f"))) static void pack_avx512(const uint32_t* q, in
 
 // unpack + dequantize for b in {1, 2, 4}: codes index a table of the 2^b values (each the
 // same f_add(f_mul(q, step), mn) the scalar loop computes), 16 per step.
-__attribute__((target("avx512f"))) static int64_t dequantize_avx512(
-    const uint8_t* src, int b, int64_t len, float mn, float step, float* out) {
+__attribute__((target("avx512f"))) static int64_t dequantize_avx512(const uint8_t* src, int b,
+                                                                    int64_t len, float mn,
+                                                                    float step, float* out) {
   alignas(64) float lut[16];
   const int levels = 1 << b;
   for (int q = 0; q < 16; ++q)
@@ -141,9 +144,8 @@ __attribute__((target("avx512f"))) static int64_t dequantize_avx512(
     if (b == 4) {
       uint32_t w[2];
       memcpy(w, p, 8);
-      words = _mm512_inserti64x4(
-          _mm512_castsi256_si512(_mm256_set1_epi32(static_cast<int>(w[0]))),
-          _mm256_set1_epi32(static_cast<int>(w[1])), 1);
+      words = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(static_cast<int>(w[0]))),
+                                 _mm256_set1_epi32(static_cast<int>(w[1])), 1);
     } else {
       uint32_t w = 0;
       memcpy(&w, p, 2 * b);
@@ -178,7 +180,7 @@ static inline void group_uniforms(uint64_t seed, uint64_t offset, uint64_t ctr0,
 // the sign of zero, which callers canonicalise (+ 0.0f); with a non-finite value the group is
 // stored as NaN whatever min/max are.
 __attribute__((target("avx512f"))) static void reduce_avx512(const float* buf, int64_t len,
-                                                            float& mn, float& mx, bool& bad) {
+                                                             float& mn, float& mx, bool& bad) {
   __m512 lo = _mm512_set1_ps(buf[0]), hi = lo;
   const __m512 zero = _mm512_setzero_ps();
   __mmask16 nf = 0;
@@ -226,17 +228,17 @@ void reduce_group(const float* buf, int64_t len, float& mn, float& mx, bool& bad
 }
 
 ACTNN_CLONES
-void quantize_pack_group(const float* buf, int64_t len, int64_t G, float mn, float scale,
-                         bool bad, int b, bool stochastic, uint64_t seed, uint64_t offset,
-                         int64_t gi, uint8_t* out) {
+void quantize_pack_group(const float* buf, int64_t len, int64_t G, float mn, float scale, bool bad,
+                         int b, bool stochastic, uint64_t seed, uint64_t offset, int64_t gi,
+                         uint8_t* out) {
   alignas(64) uint32_t q[kMaxGroupSize];
   alignas(64) float u[kMaxGroupSize];
   if (bad) {
     for (int64_t j = 0; j < G; ++j) q[j] = 0u;
   } else {
     if (stochastic) {
-      group_uniforms(seed, offset, static_cast<uint64_t>(gi) * static_cast<uint64_t>(G / 4),
-                     G / 4, u);
+      group_uniforms(seed, offset, static_cast<uint64_t>(gi) * static_cast<uint64_t>(G / 4), G / 4,
+                     u);
     } else {
       for (int64_t j = 0; j < len; ++j) u[j] = 0.5f;
     }

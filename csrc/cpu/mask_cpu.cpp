@@ -46,8 +46,8 @@ inline void check_mask(const at::Tensor& packed, int64_t numel, const char* op) 
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 1 && packed.is_contiguous() &&
                   packed.numel() == packed_bytes(numel, 1),
               "actnn_mm.", op, ": packed must be a contiguous uint8 tensor of ",
-              packed_bytes(numel, 1), " bytes (1 bit per element), got ", packed.scalar_type(),
-              " ", packed.sizes());
+              packed_bytes(numel, 1), " bytes (1 bit per element), got ", packed.scalar_type(), " ",
+              packed.sizes());
 }
 
 at::Tensor unpack_mask_cpu(const at::Tensor& packed, int64_t numel, at::ScalarType dtype) {

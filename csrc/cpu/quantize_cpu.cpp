@@ -44,8 +44,8 @@ void quantize_kernel(const T* x, const Layout& l, int64_t bits, const int32_t* s
       const int b = sample_bits ? static_cast<int>(sample_bits[n]) : static_cast<int>(bits);
       const int64_t chunk_bytes = b;  // 8 elements -> b bytes
       const int64_t group_bytes = (G / 8) * chunk_bytes;
-      const int64_t base = (sample_offsets ? sample_offsets[n] : n * l.Gs * group_bytes) +
-                           g * group_bytes;
+      const int64_t base =
+          (sample_offsets ? sample_offsets[n] : n * l.Gs * group_bytes) + g * group_bytes;
       const int64_t start = g * G;
       const int64_t len = std::min<int64_t>(G, l.D - start);
       float mn, mx;
@@ -73,8 +73,8 @@ void dequantize_kernel(const uint8_t* payload, const float* meta, const Layout& 
       const int64_t n = gi / l.Gs, g = gi % l.Gs;
       const int b = sample_bits ? static_cast<int>(sample_bits[n]) : static_cast<int>(bits);
       const int64_t group_bytes = (G / 8) * b;
-      const int64_t base = (sample_offsets ? sample_offsets[n] : n * l.Gs * group_bytes) +
-                           g * group_bytes;
+      const int64_t base =
+          (sample_offsets ? sample_offsets[n] : n * l.Gs * group_bytes) + g * group_bytes;
       const int64_t start = g * G;
       const int64_t len = std::min<int64_t>(G, l.D - start);
       T* dst = out + n * l.D + start;
@@ -141,8 +141,8 @@ at::Tensor dequantize_cpu(const at::Tensor& payload, const at::Tensor& meta, int
                           const std::optional<at::Tensor>& sample_offsets, at::ScalarType dtype) {
   check_out_dtype(dtype, "dequantize");
   TORCH_CHECK(numel_per_sample >= 0, "actnn_mm.dequantize: numel_per_sample must be >= 0");
-  const Layout l = make_layout(num_samples * numel_per_sample, num_samples, group_size,
-                               "dequantize");
+  const Layout l =
+      make_layout(num_samples * numel_per_sample, num_samples, group_size, "dequantize");
   check_sample_bits(sample_bits, sample_offsets, bits, l, payload.device(), "dequantize");
   check_payload(payload, meta, l, sample_bits, bits, "dequantize");
   auto out = at::empty({num_samples * numel_per_sample}, payload.options().dtype(dtype));
@@ -150,8 +150,8 @@ at::Tensor dequantize_cpu(const at::Tensor& payload, const at::Tensor& meta, int
   const int32_t* sb = sample_bits ? sample_bits->data_ptr<int32_t>() : nullptr;
   const int64_t* so = sample_offsets ? sample_offsets->data_ptr<int64_t>() : nullptr;
   ACTNN_DISPATCH_FLOAT(dtype, "actnn_mm.dequantize", [&] {
-    dequantize_kernel<scalar_t>(payload.const_data_ptr<uint8_t>(), meta.const_data_ptr<float>(),
-                                l, bits, sb, so, payload.numel(), out.data_ptr<scalar_t>());
+    dequantize_kernel<scalar_t>(payload.const_data_ptr<uint8_t>(), meta.const_data_ptr<float>(), l,
+                                bits, sb, so, payload.numel(), out.data_ptr<scalar_t>());
   });
   return out;
 }
@@ -190,12 +190,24 @@ at::Tensor pack_bits_cpu(const at::Tensor& values, int64_t nbits) {
   if (numel == 0) return out;
   const int nb = static_cast<int>(nbits);
   switch (values.scalar_type()) {
-    case at::kBool: pack_kernel(values.const_data_ptr<bool>(), numel, nb, out.data_ptr<uint8_t>()); break;
-    case at::kByte: pack_kernel(values.const_data_ptr<uint8_t>(), numel, nb, out.data_ptr<uint8_t>()); break;
-    case at::kChar: pack_kernel(values.const_data_ptr<int8_t>(), numel, nb, out.data_ptr<uint8_t>()); break;
-    case at::kShort: pack_kernel(values.const_data_ptr<int16_t>(), numel, nb, out.data_ptr<uint8_t>()); break;
-    case at::kInt: pack_kernel(values.const_data_ptr<int32_t>(), numel, nb, out.data_ptr<uint8_t>()); break;
-    default: pack_kernel(values.const_data_ptr<int64_t>(), numel, nb, out.data_ptr<uint8_t>()); break;
+    case at::kBool:
+      pack_kernel(values.const_data_ptr<bool>(), numel, nb, out.data_ptr<uint8_t>());
+      break;
+    case at::kByte:
+      pack_kernel(values.const_data_ptr<uint8_t>(), numel, nb, out.data_ptr<uint8_t>());
+      break;
+    case at::kChar:
+      pack_kernel(values.const_data_ptr<int8_t>(), numel, nb, out.data_ptr<uint8_t>());
+      break;
+    case at::kShort:
+      pack_kernel(values.const_data_ptr<int16_t>(), numel, nb, out.data_ptr<uint8_t>());
+      break;
+    case at::kInt:
+      pack_kernel(values.const_data_ptr<int32_t>(), numel, nb, out.data_ptr<uint8_t>());
+      break;
+    default:
+      pack_kernel(values.const_data_ptr<int64_t>(), numel, nb, out.data_ptr<uint8_t>());
+      break;
   }
   return out;
 }

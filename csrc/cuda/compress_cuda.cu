@@ -163,8 +163,10 @@ __global__ void __launch_bounds__(kPlanThreads)
         cnt += item_key(clean_sensitivity(rsq[n]), w[j], static_cast<uint64_t>(i)) <= mid;
       }
       const uint64_t total = block_sum(cnt, shared);
-      if (total >= static_cast<uint64_t>(p.k)) hi = mid;
-      else lo = mid + 1;
+      if (total >= static_cast<uint64_t>(p.k))
+        hi = mid;
+      else
+        lo = mid + 1;
       __syncthreads();
     }
     kth = lo;
@@ -248,14 +250,14 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compress_cuda(
-    const at::Tensor& x, int64_t num_samples, int64_t group_size, int64_t bits,
-    int64_t total_bits, int64_t min_bits, int64_t max_bits, const std::optional<at::Tensor>& shift,
+    const at::Tensor& x, int64_t num_samples, int64_t group_size, int64_t bits, int64_t total_bits,
+    int64_t min_bits, int64_t max_bits, const std::optional<at::Tensor>& shift,
     const std::optional<at::Tensor>& scale, int64_t affine_inner, int64_t affine_period,
     const std::optional<at::Tensor>& stats, double stats_factor, bool stochastic, int64_t seed,
     int64_t offset, bool use_generator, std::optional<at::Generator> generator) {
-  const CompressPlan cp = check_compress_args(x, num_samples, group_size, bits, total_bits,
-                                              min_bits, max_bits, shift, scale, affine_inner,
-                                              affine_period, stats);
+  const CompressPlan cp =
+      check_compress_args(x, num_samples, group_size, bits, total_bits, min_bits, max_bits, shift,
+                          scale, affine_inner, affine_period, stats);
   const Layout& l = cp.l;
   const c10::cuda::CUDAGuard guard(x.device());
   const auto opts = x.options();
@@ -267,8 +269,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compress_cuda(
   const at::PhiloxCudaState rng =
       rng_state(x.device(), use_generator && stochastic, seed, offset, generator);
   const Affine a{cp.affine ? shift->const_data_ptr<float>() : nullptr,
-                 cp.affine ? scale->const_data_ptr<float>() : nullptr, affine_inner,
-                 affine_period};
+                 cp.affine ? scale->const_data_ptr<float>() : nullptr, affine_inner, affine_period};
   const auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t grid = grid_for(l.groups(), kWarpsPerBlock);
   auto* meta2 = reinterpret_cast<float2*>(meta.data_ptr<float>());
@@ -282,8 +283,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compress_cuda(
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
       auto rsq = at::empty({l.N}, opts.dtype(at::kFloat));
-      sample_rsq_kernel<<<grid_for(l.N, kThreads), kThreads, 0, stream>>>(
-          meta2, l, rsq.data_ptr<float>());
+      sample_rsq_kernel<<<grid_for(l.N, kThreads), kThreads, 0, stream>>>(meta2, l,
+                                                                          rsq.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       PlanArgs pa{l.N,
                   l.Gs * (l.G / 8),
@@ -380,14 +381,21 @@ void accumulate_sq_norm_cuda(const at::Tensor& g, const at::Tensor& acc, int64_t
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     switch (gd.scalar_type()) {
-      case at::kFloat: launch(float{}); break;
-      case at::kHalf: launch(__half{}); break;
-      case at::kBFloat16: launch(__nv_bfloat16{}); break;
-      default: launch(double{}); break;
+      case at::kFloat:
+        launch(float{});
+        break;
+      case at::kHalf:
+        launch(__half{});
+        break;
+      case at::kBFloat16:
+        launch(__nv_bfloat16{});
+        break;
+      default:
+        launch(double{});
+        break;
     }
   }
-  fold_kernel<<<1, 1, 0, stream>>>(total.data_ptr<double>(), acc.data_ptr<float>() + index,
-                                   scale);
+  fold_kernel<<<1, 1, 0, stream>>>(total.data_ptr<double>(), acc.data_ptr<float>() + index, scale);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

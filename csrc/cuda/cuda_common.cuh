@@ -34,9 +34,13 @@ __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float
 template <typename T>
 __device__ __forceinline__ T from_f(float v);
 template <>
-__device__ __forceinline__ float from_f<float>(float v) { return v; }
+__device__ __forceinline__ float from_f<float>(float v) {
+  return v;
+}
 template <>
-__device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+__device__ __forceinline__ __half from_f<__half>(float v) {
+  return __float2half_rn(v);
+}
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
@@ -51,8 +55,14 @@ __device__ __forceinline__ void load8(const T* __restrict__ p, bool vec, int val
     if constexpr (sizeof(T) == 4) {
       const float4 a = reinterpret_cast<const float4*>(p)[0];
       const float4 b = reinterpret_cast<const float4*>(p)[1];
-      out[0] = a.x; out[1] = a.y; out[2] = a.z; out[3] = a.w;
-      out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
+      out[0] = a.x;
+      out[1] = a.y;
+      out[2] = a.z;
+      out[3] = a.w;
+      out[4] = b.x;
+      out[5] = b.y;
+      out[6] = b.z;
+      out[7] = b.w;
     } else {
       const uint4 raw = *reinterpret_cast<const uint4*>(p);
       const T* h = reinterpret_cast<const T*>(&raw);
@@ -195,28 +205,46 @@ void dispatch_cpl(const Layout& l, bool vec, F&& f) {
   const int64_t chunks = l.G / 8;
   auto by_vec = [&](auto cpl) {
     constexpr int C = decltype(cpl)::value;
-    if (vec) f.template operator()<C, true>();
-    else f.template operator()<C, false>();
+    if (vec)
+      f.template operator()<C, true>();
+    else
+      f.template operator()<C, false>();
   };
-  if (chunks <= 32) by_vec(std::integral_constant<int, 1>{});
-  else if (chunks <= 64) by_vec(std::integral_constant<int, 2>{});
-  else if (chunks <= 128) by_vec(std::integral_constant<int, 4>{});
-  else if (chunks <= 256) by_vec(std::integral_constant<int, 8>{});
-  else by_vec(std::integral_constant<int, 16>{});
+  if (chunks <= 32)
+    by_vec(std::integral_constant<int, 1>{});
+  else if (chunks <= 64)
+    by_vec(std::integral_constant<int, 2>{});
+  else if (chunks <= 128)
+    by_vec(std::integral_constant<int, 4>{});
+  else if (chunks <= 256)
+    by_vec(std::integral_constant<int, 8>{});
+  else
+    by_vec(std::integral_constant<int, 16>{});
 }
 
-#define ACTNN_DISPATCH_FLOAT_CUDA(TYPE, NAME, ...)                                 \
-  [&] {                                                                            \
-    switch (TYPE) {                                                                \
-      case at::kFloat: { using scalar_t = float; return __VA_ARGS__(); }           \
-      case at::kHalf: { using scalar_t = __half; return __VA_ARGS__(); }           \
-      case at::kBFloat16: { using scalar_t = __nv_bfloat16; return __VA_ARGS__(); } \
-      default: TORCH_CHECK(false, NAME, ": unsupported dtype ", TYPE);             \
-    }                                                                              \
+#define ACTNN_DISPATCH_FLOAT_CUDA(TYPE, NAME, ...)              \
+  [&] {                                                         \
+    switch (TYPE) {                                             \
+      case at::kFloat: {                                        \
+        using scalar_t = float;                                 \
+        return __VA_ARGS__();                                   \
+      }                                                         \
+      case at::kHalf: {                                         \
+        using scalar_t = __half;                                \
+        return __VA_ARGS__();                                   \
+      }                                                         \
+      case at::kBFloat16: {                                     \
+        using scalar_t = __nv_bfloat16;                         \
+        return __VA_ARGS__();                                   \
+      }                                                         \
+      default:                                                  \
+        TORCH_CHECK(false, NAME, ": unsupported dtype ", TYPE); \
+    }                                                           \
   }()
 
 inline at::PhiloxCudaState rng_state(const at::Device& device, bool use_generator, int64_t seed,
-                              int64_t offset, const std::optional<at::Generator>& generator) {
+                                     int64_t offset,
+                                     const std::optional<at::Generator>& generator) {
   if (!use_generator) {
     return at::PhiloxCudaState(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
   }
@@ -224,8 +252,7 @@ inline at::PhiloxCudaState rng_state(const at::Device& device, bool use_generato
   if (explicit_generator) {
     TORCH_CHECK(generator->device() == device, "actnn_mm.quantize: generator is on ",
                 generator->device(), " but x is on ", device);
-  } else if (c10::cuda::currentStreamCaptureStatusMayInitCtx() ==
-             c10::cuda::CaptureStatus::None) {
+  } else if (c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None) {
     // torch's default generators: the CPU kernel's host draw from the default CPU generator, so
     // the same torch.manual_seed gives the same bytes on CPU and CUDA (no device sync: the CPU
     // generator lives on the host). Under graph capture a host value would be frozen into the
@@ -239,7 +266,6 @@ inline at::PhiloxCudaState rng_state(const at::Device& device, bool use_generato
   // Each call consumes its own `offset` (counter words 2..3); the element index fills words 0..1.
   return gen->philox_cuda_state(4);
 }
-
 
 }  // namespace cuda_common
 }  // namespace actnn

@@ -67,8 +67,8 @@ inline void check_mask(const at::Tensor& packed, int64_t numel, const char* op) 
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 1 && packed.is_contiguous() &&
                   packed.numel() == packed_bytes(numel, 1),
               "actnn_mm.", op, ": packed must be a contiguous uint8 tensor of ",
-              packed_bytes(numel, 1), " bytes (1 bit per element), got ", packed.scalar_type(),
-              " ", packed.sizes());
+              packed_bytes(numel, 1), " bytes (1 bit per element), got ", packed.scalar_type(), " ",
+              packed.sizes());
 }
 
 at::Tensor pack_nonzero_cuda(const at::Tensor& x, bool positive) {
@@ -80,9 +80,9 @@ at::Tensor pack_nonzero_cuda(const at::Tensor& x, bool positive) {
   const auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t grid = grid_for((numel + 7) / 8, kThreads);
   ACTNN_DISPATCH_FLOAT_CUDA(x.scalar_type(), "actnn_mm.pack_nonzero", [&] {
-    pack_nonzero_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-        reinterpret_cast<const scalar_t*>(x.const_data_ptr()), numel, positive,
-        out.data_ptr<uint8_t>());
+    pack_nonzero_kernel<scalar_t>
+        <<<grid, kThreads, 0, stream>>>(reinterpret_cast<const scalar_t*>(x.const_data_ptr()),
+                                        numel, positive, out.data_ptr<uint8_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -117,8 +117,8 @@ at::Tensor mask_grad_cuda(const at::Tensor& grad, const at::Tensor& packed) {
   const int64_t grid = grid_for((numel + 7) / 8, kThreads);
   ACTNN_DISPATCH_FLOAT_CUDA(grad.scalar_type(), "actnn_mm.mask_grad", [&] {
     mask_grad_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-        reinterpret_cast<const scalar_t*>(grad.const_data_ptr()),
-        packed.const_data_ptr<uint8_t>(), numel, reinterpret_cast<scalar_t*>(out.data_ptr()));
+        reinterpret_cast<const scalar_t*>(grad.const_data_ptr()), packed.const_data_ptr<uint8_t>(),
+        numel, reinterpret_cast<scalar_t*>(out.data_ptr()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

@@ -202,18 +202,17 @@ std::tuple<at::Tensor, at::Tensor> quantize_cuda(const at::Tensor& x, int64_t nu
   if (l.groups() == 0) return {payload, meta};
   const at::PhiloxCudaState rng =
       rng_state(x.device(), use_generator && stochastic, seed, offset, generator);
-  const SampleBits sb{static_cast<int>(bits),
-                      sample_bits ? sample_bits->data_ptr<int32_t>() : nullptr,
-                      sample_offsets ? sample_offsets->data_ptr<int64_t>() : nullptr,
-                      payload_bytes};
+  const SampleBits sb{
+      static_cast<int>(bits), sample_bits ? sample_bits->data_ptr<int32_t>() : nullptr,
+      sample_offsets ? sample_offsets->data_ptr<int64_t>() : nullptr, payload_bytes};
   const auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t grid = grid_for(l.groups(), kWarpsPerBlock);
   ACTNN_DISPATCH_FLOAT_CUDA(x.scalar_type(), "actnn_mm.quantize", [&] {
     const auto* xp = reinterpret_cast<const scalar_t*>(x.const_data_ptr());
     dispatch_cpl<scalar_t>(l, vector_ok<scalar_t>(xp, l), [&]<int CPL, bool VEC>() {
-      quantize_kernel<scalar_t, CPL, VEC><<<grid, kThreads, 0, stream>>>(
-          xp, l, sb, stochastic, rng, payload.data_ptr<uint8_t>(),
-          reinterpret_cast<float2*>(meta.data_ptr<float>()));
+      quantize_kernel<scalar_t, CPL, VEC>
+          <<<grid, kThreads, 0, stream>>>(xp, l, sb, stochastic, rng, payload.data_ptr<uint8_t>(),
+                                          reinterpret_cast<float2*>(meta.data_ptr<float>()));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -226,8 +225,8 @@ at::Tensor dequantize_cuda(const at::Tensor& payload, const at::Tensor& meta, in
                            const std::optional<at::Tensor>& sample_offsets, at::ScalarType dtype) {
   check_out_dtype(dtype, "dequantize");
   TORCH_CHECK(numel_per_sample >= 0, "actnn_mm.dequantize: numel_per_sample must be >= 0");
-  const Layout l = make_layout(num_samples * numel_per_sample, num_samples, group_size,
-                               "dequantize");
+  const Layout l =
+      make_layout(num_samples * numel_per_sample, num_samples, group_size, "dequantize");
   check_sample_bits(sample_bits, sample_offsets, bits, l, payload.device(), "dequantize");
   check_payload(payload, meta, l, sample_bits, bits, "dequantize");
   TORCH_CHECK(reinterpret_cast<uintptr_t>(meta.const_data_ptr()) % 8 == 0,
@@ -235,10 +234,9 @@ at::Tensor dequantize_cuda(const at::Tensor& payload, const at::Tensor& meta, in
   const c10::cuda::CUDAGuard guard(payload.device());
   auto out = at::empty({num_samples * numel_per_sample}, payload.options().dtype(dtype));
   if (l.groups() == 0) return out;
-  const SampleBits sb{static_cast<int>(bits),
-                      sample_bits ? sample_bits->data_ptr<int32_t>() : nullptr,
-                      sample_offsets ? sample_offsets->data_ptr<int64_t>() : nullptr,
-                      payload.numel()};
+  const SampleBits sb{
+      static_cast<int>(bits), sample_bits ? sample_bits->data_ptr<int32_t>() : nullptr,
+      sample_offsets ? sample_offsets->data_ptr<int64_t>() : nullptr, payload.numel()};
   const auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t grid = grid_for(l.groups(), kWarpsPerBlock);
   ACTNN_DISPATCH_FLOAT_CUDA(dtype, "actnn_mm.dequantize", [&] {
@@ -264,8 +262,8 @@ at::Tensor group_minmax_cuda(const at::Tensor& x, int64_t num_samples, int64_t g
   ACTNN_DISPATCH_FLOAT_CUDA(x.scalar_type(), "actnn_mm.group_minmax", [&] {
     const auto* xp = reinterpret_cast<const scalar_t*>(x.const_data_ptr());
     dispatch_cpl<scalar_t>(l, vector_ok<scalar_t>(xp, l), [&]<int CPL, bool VEC>() {
-      minmax_kernel<scalar_t, CPL, VEC><<<grid, kThreads, 0, stream>>>(
-          xp, l, reinterpret_cast<float2*>(out.data_ptr<float>()));
+      minmax_kernel<scalar_t, CPL, VEC>
+          <<<grid, kThreads, 0, stream>>>(xp, l, reinterpret_cast<float2*>(out.data_ptr<float>()));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -290,11 +288,21 @@ at::Tensor pack_bits_cuda(const at::Tensor& values, int64_t nbits) {
   };
   switch (values.scalar_type()) {
     case at::kBool:
-    case at::kByte: launch(uint8_t{}); break;
-    case at::kChar: launch(int8_t{}); break;
-    case at::kShort: launch(int16_t{}); break;
-    case at::kInt: launch(int32_t{}); break;
-    default: launch(int64_t{}); break;
+    case at::kByte:
+      launch(uint8_t{});
+      break;
+    case at::kChar:
+      launch(int8_t{});
+      break;
+    case at::kShort:
+      launch(int16_t{});
+      break;
+    case at::kInt:
+      launch(int32_t{});
+      break;
+    default:
+      launch(int64_t{});
+      break;
   }
   return out;
 }
