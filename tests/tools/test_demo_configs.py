@@ -23,7 +23,7 @@ CONFIGS = {
     'mocov2_r50_demo': 'imagenet',
 }
 # Models beyond the paper's five (same demo data); checked and trained in tests/e2e.
-OTHER_MODELS = {'mask_rcnn_r50_fpn_demo', 'mask_rcnn_swin-t_fpn_demo'}
+OTHER_MODELS = {'mask_rcnn_r50_fpn_demo', 'mask_rcnn_swin-t_fpn_demo', 'deit_tiny_demo'}
 
 
 def _walk(obj: Any) -> Iterator[Any]:
