@@ -235,8 +235,11 @@ else
   OARGS=(resnet50 --device cpu --batch 2 --image-size 64 --levels exact L3 --warmup 1
          --count-steps 1 --steps 1)
 fi
-run_step overhead 120 "$RES/overhead.log" 0 "$PY" tools/bench_overhead.py "${OARGS[@]}" \
+# Its figures are in the JSON; its log stays in $WORK (at most 8 result files come back), and
+# is appended to kernels.log so that a failure's output is kept.
+run_step overhead 120 "$WORK/overhead.log" 0 "$PY" tools/bench_overhead.py "${OARGS[@]}" \
   --out "$RES/overhead_resnet50_${DEVTYPE}.json"
+{ echo "=== tools/bench_overhead.py"; cat "$WORK/overhead.log"; } >> "$RES/kernels.log"
 
 # -- 6. ResNet-50 memory / speed benchmark -------------------------------------------------------
 if [[ "$DEVTYPE" == cuda ]]; then

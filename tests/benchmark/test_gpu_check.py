@@ -170,4 +170,5 @@ def test_cpu_dry_run(tmp_path: str) -> None:
     with open(os.path.join(tmp_path, 'summary.json')) as f:
         steps = {s['name']: s['status'] for s in json.load(f)['steps']}
     assert steps == {'env': 'ok', 'wheels': steps['wheels'], 'deps': 'ok', 'build': 'skipped',
-                     'extension': 'ok', 'tests': 'ok', 'kernels': 'ok', 'bench': 'ok'}
+                     'extension': 'ok', 'tests': 'ok', 'kernels': 'ok', 'overhead': 'ok',
+                     'bench': 'ok'}

@@ -192,7 +192,7 @@ def _by_names(by_module: Dict[str, int], key: Any) -> Dict[str, int]:
 def run_level(spec: LevelSpec) -> Dict[str, Any]:
     """Prepare, warm up, measure; a JSON-able dict of what was measured (bytes)."""
     from ...engine.allocator_settings import return_freed_cpu_memory, trim_cpu_heap
-    from ...memory import SavedBytesCounter
+    from ...saved_bytes import SavedBytesCounter
     from .process_memory import peak_rss_bytes, reset_peak_rss, rss_bytes
     from .transient import LargestOpTracker
 
@@ -278,7 +278,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         result = run_level(spec)
     except Exception as exc:  # noqa: BLE001  (reported to the parent with the traceback)
-        from ...benchmark.measure import is_oom
+        from .process_memory import is_oom
         result = dict(level=spec.level, status='oom' if is_oom(exc) else 'error',
                       error=''.join(traceback.format_exception(type(exc), exc,
                                                                exc.__traceback__))[-4000:])

@@ -70,10 +70,15 @@ def strip_pretrained(node: Any) -> List[str]:
 
 
 def build_model(cfg: Config) -> nn.Module:
-    """``MODELS.build(cfg.model)`` in the config's default scope, then ``init_weights()``."""
+    """``MODELS.build(cfg.model)`` in the config's default scope, then ``init_weights()``; a
+    top-level ``data_preprocessor`` (mmpretrain's configs) fills the model's, as mmengine's
+    Runner does."""
     from mmengine.registry import MODELS, init_default_scope
     init_default_scope(cfg.get('default_scope', None) or 'mmengine')
-    model = MODELS.build(cfg.model)
+    model_cfg = cfg.model.copy()
+    if cfg.get('data_preprocessor') is not None:
+        model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
+    model = MODELS.build(model_cfg)
     if hasattr(model, 'init_weights'):
         model.init_weights()
     return model

@@ -1,10 +1,23 @@
-"""This process's resident memory: now, and its peak since the last reset (Linux /proc)."""
+"""This process's resident memory: now, and its peak since the last reset (Linux /proc); and
+whether an error is an out-of-memory one."""
 from __future__ import annotations
 
 import resource
 from typing import Optional
 
-__all__ = ['rss_bytes', 'reset_peak_rss', 'peak_rss_bytes']
+import torch
+
+__all__ = ['rss_bytes', 'reset_peak_rss', 'peak_rss_bytes', 'is_oom']
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Out-of-memory errors, including those cuDNN/cuBLAS raise as plain RuntimeErrors."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    msg = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        s in msg for s in ('out of memory', 'CUBLAS_STATUS_ALLOC_FAILED',
+                           'CUDNN_STATUS_ALLOC_FAILED', 'std::bad_alloc'))
 
 
 def _status_kib(field: str) -> Optional[int]:

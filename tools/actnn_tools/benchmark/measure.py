@@ -24,6 +24,7 @@ from torch import Tensor
 
 from actnn_mm.conversion import convert
 from actnn_mm.engine import BitAllocator, CompressionConfig
+from actnn_mm.mm.analysis.process_memory import is_oom
 from actnn_mm.saved_bytes import SavedBytesCounter
 
 from .methods import Method, parse_method
@@ -60,16 +61,6 @@ class ConfigResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def is_oom(exc: BaseException) -> bool:
-    """Out-of-memory errors, including those cuDNN/cuBLAS raise as plain RuntimeErrors."""
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    msg = str(exc)
-    return isinstance(exc, RuntimeError) and any(
-        s in msg for s in ('out of memory', 'CUBLAS_STATUS_ALLOC_FAILED',
-                           'CUDNN_STATUS_ALLOC_FAILED', 'std::bad_alloc'))
 
 
 def tensor_bytes(obj: Any) -> int:
