@@ -136,6 +136,49 @@ struct SampleBits {
   }
 };
 
+// Bits of group gi, its (min, step) into meta, and this lane's chunks quantized (stochastic
+// rounding from the group's own Philox counters) and packed into the payload: the tail shared by
+// the quantize and the fused compress kernels, once the group's values and range are known.
+template <int CPL>
+__device__ __forceinline__ void quantize_pack_group(float (&v)[CPL][8], float mn, float mx,
+                                                    bool bad, const Layout& l, const SampleBits& sb,
+                                                    int64_t n, int64_t g, int64_t gi, int lane,
+                                                    bool stochastic, uint64_t seed, uint64_t offset,
+                                                    uint8_t* __restrict__ payload,
+                                                    float2* __restrict__ meta) {
+  const int64_t chunks = l.G / 8;
+  int b;
+  int64_t base;
+  const bool ok = sb.locate(l, n, g, b, base);
+  const GroupParams p = group_params(mn, mx, bad, ok ? b : 1);
+  if (lane == 0) meta[gi] = ok ? make_float2(p.mn, p.step) : make_float2(NAN, NAN);
+  if (!ok) return;
+  const int64_t len = imin(l.G, l.D - g * l.G);
+#pragma unroll
+  for (int k = 0; k < CPL; ++k) {
+    const int64_t c = lane + 32 * k;
+    if (c >= chunks) break;
+    float u[8];
+    if (stochastic) {
+      uint32_t r[4];
+      const uint64_t ctr = static_cast<uint64_t>(gi) * static_cast<uint64_t>(l.G / 4) + 2 * c;
+      philox_block(seed, offset, ctr, r);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) u[j] = uniform01(r[j]);
+      philox_block(seed, offset, ctr + 1, r);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) u[4 + j] = uniform01(r[j]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) u[j] = 0.5f;
+    }
+    uint32_t q[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) q[j] = (8 * c + j < len) ? quantize_value(v[k][j], p, u[j], b) : 0u;
+    store_packed(payload + base + c * b, pack8(q, b), b);
+  }
+}
+
 __device__ __forceinline__ float warp_min(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = fminf(v, __shfl_xor_sync(0xffffffffu, v, o));

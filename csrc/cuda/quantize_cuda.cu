@@ -43,44 +43,14 @@ __global__ void __launch_bounds__(kThreads)
   const int lane = threadIdx.x & 31;
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int64_t nwarps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
-  const int64_t chunks = l.G / 8;
   for (int64_t gi = warp; gi < l.groups(); gi += nwarps) {
     const int64_t n = gi / l.Gs, g = gi - n * l.Gs;
     float v[CPL][8];
     float mn, mx;
     bool bad;
     load_group<T, CPL, VEC>(x, l, n, g, lane, v, mn, mx, bad);
-    int b;
-    int64_t base;
-    const bool ok = sb.locate(l, n, g, b, base);
-    const GroupParams p = group_params(mn, mx, bad, ok ? b : 1);
-    if (lane == 0) meta[gi] = ok ? make_float2(p.mn, p.step) : make_float2(NAN, NAN);
-    if (!ok) continue;
-    const int64_t len = imin(l.G, l.D - g * l.G);
-#pragma unroll
-    for (int k = 0; k < CPL; ++k) {
-      const int64_t c = lane + 32 * k;
-      if (c >= chunks) break;
-      float u[8];
-      if (stochastic) {
-        uint32_t r[4];
-        const uint64_t ctr = static_cast<uint64_t>(gi) * static_cast<uint64_t>(l.G / 4) + 2 * c;
-        philox_block(seed, offset, ctr, r);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) u[j] = uniform01(r[j]);
-        philox_block(seed, offset, ctr + 1, r);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) u[4 + j] = uniform01(r[j]);
-      } else {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) u[j] = 0.5f;
-      }
-      uint32_t q[8];
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-        q[j] = (8 * c + j < len) ? quantize_value(v[k][j], p, u[j], b) : 0u;
-      store_packed(payload + base + c * b, pack8(q, b), b);
-    }
+    quantize_pack_group<CPL>(v, mn, mx, bad, l, sb, n, g, gi, lane, stochastic, seed, offset,
+                             payload, meta);
   }
 }
 
