@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Download the pure-Python wheels tools/gpu_check.sh installs on the GPU machine (Python 3.12,
 # its own torch/torchvision/numpy/matplotlib/pytest/hypothesis, no network), into .whl/ (or $1).
-# .whl/ is git-ignored; the device tool carries it with `carry: [".whl"]`.
+# .whl/ is git-ignored: copy it to the GPU machine with the checkout.
 #
 #   bash tools/fetch_gpu_wheels.sh [DEST]
 #
