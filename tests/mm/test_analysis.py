@@ -40,16 +40,8 @@ IDS = [c[0].split('/')[-1][:-3] for c in CONFIGS]
 #: In the default suite: one detector and the two classifiers; the other five (larger models)
 #: are ``slow``, opt-in: ``pytest -m slow tests/mm/test_analysis.py``.
 FAST = ('fcos_r50-caffe_fpn_gn-head_1x_coco', 'mobilenet-v2_8xb32_in1k', 'deit-tiny_4xb256_in1k')
-#: Open: the analyzer's segmentation inputs do not come out at the requested test size (the seg
-#: data preprocessor pads to its own size), and MoCo v3 (AMP config) logs a None loss part.
-OPEN = {
-    'pspnet_r18-d8_4xb2-80k_cityscapes-512x1024': 'seg input size not the requested one',
-    'segformer_mit-b0_8xb2-160k_ade20k-512x512': 'seg input size not the requested one',
-    'mocov3_vit-small-p16_16xb256-amp-coslr-300e_in1k': 'a None loss value in parse_losses',
-}
-CONFIGS = [pytest.param(*c, marks=(() if i in FAST else (pytest.mark.slow, )) + (
-    (pytest.mark.xfail(strict=True, reason=OPEN[i]), ) if i in OPEN else ()))
-    for c, i in zip(CONFIGS, IDS)]
+CONFIGS = [pytest.param(*c, marks=() if i in FAST else (pytest.mark.slow, ))
+           for c, i in zip(CONFIGS, IDS)]
 
 
 def _spec(config: str, level: str, size: int) -> LevelSpec:

@@ -155,15 +155,18 @@ def override_input_size(cfg: Any, size: Size) -> None:
                 h['img_size'] = tuple(size)
 
 
-def _preprocessed(size: Size, dp: dict) -> Tuple[Size, str]:
-    """The data preprocessor's fixed size / padding applied to ``size``."""
+def _preprocessed(size: Size, dp: dict, overridden: bool = False) -> Tuple[Size, str]:
+    """The data preprocessor's fixed size / padding applied to ``size``.
+
+    With ``overridden`` the fixed size is left out: ``override_input_size`` makes it follow the
+    override, so only the divisor padding still applies."""
     note = ''
     fixed = _hw(dp.get('size')) if dp.get('size') is not None else None
     for aug in dp.get('batch_augments') or []:
         if isinstance(aug, dict) and aug.get('size') is not None:
             fixed = _hw(aug['size']) if 'Seg' in str(aug.get('type', '')) else \
                 _wh_to_hw(aug['size'])
-    if fixed is not None:
+    if fixed is not None and not overridden:
         size, note = (max(size[0], fixed[0]), max(size[1], fixed[1])), 'data_preprocessor size'
     div = int(dp.get('pad_size_divisor') or dp.get('size_divisor') or 1)
     if div > 1:
@@ -199,7 +202,7 @@ def train_input_spec(cfg: Any, override: Optional[Sequence[int]] = None) -> Inpu
         if size is None:
             raise ValueError('analyze_memory: the train pipeline fixes no input size (no '
                              'Resize/Crop with a size found); give one with --input-size H W')
-        size, note = _preprocessed(size, dp)
+        size, note = _preprocessed(size, dp, overridden=bool(override))
         spec.sizes += [size] * n
         spec.source += [source + (f', {note}' if note else '')] * n
     return spec

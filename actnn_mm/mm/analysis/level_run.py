@@ -5,12 +5,13 @@ actnn_mm.mm.analysis.level_run SPEC.json RESULT.json``), so each level's peak me
 :func:`run_level` is the same in-process (tests). The first step is a warm-up (optimizer state
 allocated, bits allocated across layers as after a training iteration, the largest op's working
 set recorded); the second is measured: what autograd keeps for backward per module, and the
-peak: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the parameters, buffers, gradients and
-optimizer state (their exact sizes, resident before the step) plus the step's peak-RSS increase
-over the RSS just before it (``VmHWM`` reset, glibc set to return freed memory first,
-``engine.allocator_settings.return_freed_cpu_memory``). The raw peak RSS and the RSS of the bare
-interpreter are in the result too; the difference between the two is the libraries and code
-loaded to build and run the model, which no batch size changes.
+peak. On CUDA: ``torch.cuda.max_memory_allocated``. On CPU: the parameters, buffers and
+optimizer state (their exact sizes, resident between steps) plus the step's peak-RSS increase
+over the RSS just before it, with gradients freed as ``OptimWrapper.zero_grad`` leaves them,
+``VmHWM`` reset and glibc set to return freed memory
+(``engine.allocator_settings.return_freed_cpu_memory``). The raw peak RSS and the RSS of the
+bare interpreter are in the result too; their difference is the libraries and code loaded to
+build and run the model, which no batch size changes.
 """
 from __future__ import annotations
 
@@ -92,6 +93,21 @@ def _build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
     return OPTIMIZERS.build(opt_cfg)
 
 
+def _stand_in_for_the_loop(cfg: Any) -> None:
+    """Give the message hub what a Runner's train loop puts there before the first step:
+    models read it in ``loss`` (MoCo v3's cosine EMA momentum divides by ``max_iters``)."""
+    from mmengine.logging import MessageHub
+    hub = MessageHub.get_current_instance()
+    train_cfg = cfg.get('train_cfg') or {}
+    max_iters = int(train_cfg.get('max_iters') or train_cfg.get('max_epochs') or 1)
+    if hub.get_info('max_iters') is None:
+        hub.update_info('max_iters', max_iters)
+    if hub.get_info('iter') is None:
+        hub.update_info('iter', 0)
+    if hub.get_info('epoch') is None:
+        hub.update_info('epoch', 0)
+
+
 def prepare(spec: LevelSpec) -> Prepared:
     """Build the model (seeded: every level has the same weights), its batch and optimizer;
     convert the ActNN parts for ActNN levels."""
@@ -101,6 +117,7 @@ def prepare(spec: LevelSpec) -> Prepared:
 
     cfg = load_config(spec.config, spec.cfg_options)
     removed = strip_pretrained(cfg.model)
+    _stand_in_for_the_loop(cfg)
     inputs = train_input_spec(cfg, spec.input_size)
     if spec.input_size:
         override_input_size(cfg, inputs.sizes[0])
@@ -216,6 +233,9 @@ def run_level(spec: LevelSpec) -> Dict[str, Any]:
     tracker = LargestOpTracker(model)
     with tracker:
         train_step(prep)
+    # the measured step starts as a training iteration does: gradients freed (mmengine's
+    # ``OptimWrapper.zero_grad``), so they are counted as they are allocated in backward
+    prep.optimizer.zero_grad(set_to_none=True)
     gc.collect()
     trim_cpu_heap()
     if cuda:
@@ -254,12 +274,13 @@ def run_level(spec: LevelSpec) -> Dict[str, Any]:
                       cuda_device=torch.cuda.get_device_name(device))
     else:
         peak = peak_rss_bytes()
-        resident = param_bytes + buffer_bytes + grad_bytes + result['optimizer_state_bytes']
+        resident = param_bytes + buffer_bytes + result['optimizer_state_bytes']
         result.update(rss_base_bytes=rss_base, rss_before_step_bytes=rss_before_step,
                       rss_peak_bytes=peak, rss_peak_above_base_bytes=peak - rss_base,
                       rss_step_increase_bytes=peak - rss_before_step,
-                      # the measured step's RSS increase on top of what is resident for
-                      # training whatever the batch (weights, buffers, grads, optimizer state)
+                      # the measured step's RSS increase (activations, gradients as backward
+                      # allocates them, transients) on top of what is resident between steps
+                      # whatever the batch (weights, buffers, optimizer state)
                       rss_measured_peak_bytes=resident + peak - rss_before_step,
                       rss_peak_is_step=peak_reset, cpu_memory_returned=returned,
                       threads=torch.get_num_threads())
