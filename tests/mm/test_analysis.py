@@ -37,8 +37,8 @@ CONFIGS = [
      [(224, 224)] * 2, 3.0),
 ]
 IDS = [c[0].split('/')[-1][:-3] for c in CONFIGS]
-#: In the default suite: one detector and the two classifiers; the other five (larger models)
-#: are ``slow``, opt-in: ``pytest -m slow tests/mm/test_analysis.py``.
+#: One detector and the two classifiers are quick; the other five (larger models) are marked
+#: ``slow`` (left out by ``pytest -m "not slow"``).
 FAST = ('fcos_r50-caffe_fpn_gn-head_1x_coco', 'mobilenet-v2_8xb32_in1k', 'deit-tiny_4xb256_in1k')
 CONFIGS = [pytest.param(*c, marks=() if i in FAST else (pytest.mark.slow, ))
            for c, i in zip(CONFIGS, IDS)]
@@ -89,3 +89,54 @@ def test_analysis_cross_checked(config: str, task: str, size: int, full, min_rat
     est = peak_estimate(l3, factor)
     assert est['total'] == est['params'] + est['grads'] + est['optimizer_state'] + \
         est['activations'] + est['transient']
+
+
+CUSTOM_MODULE = '''
+import torch
+from torch import nn
+from mmpretrain.registry import MODELS
+
+
+@MODELS.register_module(force=True)
+class TinyUserNet(nn.Module):
+    """A user's own backbone: conv, BN, ReLU, and a gate the saved-tensor path compresses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        x = self.conv2(x * torch.sigmoid(x))
+        return (x, )
+'''
+
+USER_CONFIG = '''
+_base_ = ['mmpretrain::resnet/resnet18_8xb32_in1k.py']
+custom_imports = dict(imports=['{module}'], allow_failed_imports=False)
+model = dict(backbone=dict(_delete_=True, type='TinyUserNet'),
+             neck=dict(type='GlobalAveragePooling'),
+             head=dict(in_channels=32, num_classes=10))
+'''
+
+
+def test_users_own_config_with_custom_imports(tmp_path, monkeypatch) -> None:
+    """A config the user wrote, whose backbone comes from their own module through
+    ``custom_imports``: the analysis builds it, converts it and counts its saved bytes."""
+    module = 'user_tiny_net_for_analysis'
+    (tmp_path / f'{module}.py').write_text(CUSTOM_MODULE)
+    config = tmp_path / 'my_classifier.py'
+    config.write_text(USER_CONFIG.format(module=module))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    exact = run_level(_spec(str(config), 'exact', 32))
+    l3 = run_level(_spec(str(config), 'L3', 32))
+    assert exact['model'] == l3['model'] == 'ImageClassifier'
+    for res in (exact, l3):
+        _check_sums(res)
+        assert res['input_sizes'] == [[32, 32]]
+        assert 'backbone' in res['saved_by_part']
+    assert l3['conversion']['model']['converted']['Conv2d -> QConv2d'] == 2
+    assert exact['saved_bytes'] / l3['saved_bytes'] >= 4, (exact['saved_bytes'],
+                                                           l3['saved_bytes'])

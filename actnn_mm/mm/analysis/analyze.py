@@ -126,7 +126,10 @@ def analyze(config: str, levels: Sequence[str] = DEFAULT_LEVELS, batch: Optional
         if 'cuda_peak_bytes' in r:
             r['measured_peak_bytes'] = r['cuda_peak_bytes']
             r['largest_batch_measured'] = largest_batch(
-                est, r['batch'], budget, r['cuda_peak_bytes'], r['cuda_static_bytes'])
+                est, r['batch'], budget, r['cuda_peak_bytes'],
+                # allocated between steps (gradients freed) + the gradients: what no batch
+                # size changes
+                r['cuda_static_bytes'] + r['trainable_param_bytes'])
         else:
             r['measured_peak_bytes'] = r['rss_measured_peak_bytes']
         r['largest_batch'] = largest_batch(est, r['batch'], budget)

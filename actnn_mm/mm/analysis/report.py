@@ -95,9 +95,10 @@ def format_text(analysis: Dict[str, Any]) -> str:
                  f"{_mib(levels[0]['optimizer_state_bytes'])} MiB; largest op: "
                  f"{levels[0]['transient_op']})")
     if not analysis['device'].startswith('cuda'):
-        lines.append('(CPU, measured: parameters + buffers + gradients + optimizer state, plus '
-                     "the measured step's peak-RSS increase; glibc set to return freed blocks "
-                     'to the system in every run: '
+        lines.append('(CPU, measured: parameters + buffers + optimizer state, plus the '
+                     "measured step's peak-RSS increase from freed gradients on (activations, "
+                     'gradients as backward allocates them, transients); glibc set to return '
+                     'freed blocks to the system in every run: '
                      'actnn_mm.engine.allocator_settings.return_freed_cpu_memory)')
     else:
         lines.append('(CUDA: allocator memory; the CUDA context and cached free blocks come on '

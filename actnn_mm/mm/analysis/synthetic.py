@@ -19,12 +19,16 @@ BOXES_PER_IMAGE = 8
 
 
 def num_classes_of(model: nn.Module, default: int = 10) -> int:
-    """The number of classes of the model's (first) head."""
-    for attr in ('num_classes', ):
-        n = getattr(model, attr, None)
-        if isinstance(n, int):
-            return n
-    for _, m in model.named_modules():
+    """The number of classes of the model's (first) head: the labels it is trained on.
+
+    Heads come first: a data preprocessor also has ``num_classes`` (for batch mixing), which
+    a config that changes only its head's leaves at the base config's value."""
+    n = getattr(model, 'num_classes', None)
+    if isinstance(n, int):
+        return n
+    modules = list(model.named_modules())
+    heads = [m for name, m in modules if 'head' in name.split('.')[0]]
+    for m in heads + [m for _, m in modules]:
         n = getattr(m, 'num_classes', None)
         if isinstance(n, int) and n > 0:
             return n
