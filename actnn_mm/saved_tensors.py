@@ -14,6 +14,9 @@ same engine and config as the Q-layers, except
   ``sqrt``, ``log``, fractional powers, norms, functional normalisation; :data:`EXACT_OPS`):
   quantization error is a fraction of the group's range, which 1/x turns into an unbounded one
   for values near zero (SegNeXt's NMF head, ``coef * num / (den + 1e-6)``, got NaN gradients).
+  Functional layer and group norms of an activation are not kept exact but run through the Q
+  norms' Functions (:mod:`actnn_mm.functional_norm`), which save the input normalised and
+  compressed (a norm scheme per call site, following ``config.compress_norm``).
 
 Only tensors that require grad are compressed: what autograd saves without grad is data that
 ops may need exact (an input image, RoI boxes for RoIAlign, sampling grids, masks, noise).
@@ -45,6 +48,7 @@ from torch import Tensor, nn
 
 from . import saved_bytes
 from .engine import CompressionConfig, LayerScheme, get_default_config
+from .functional_norm import ROUTED_NORMS, parse_norm_call, routed_norm
 from .keep_exact import exact_scope, in_exact_module
 from .param_like import is_param_like, param_storages
 from .relu_mask import ReluMask, is_relu_own_save
@@ -56,6 +60,7 @@ __all__ = ['compress_saved_tensors', 'EXACT_OPS']
 #: Torch functions (by ``__name__``) whose saved tensors stay exact: their backward divides by
 #: a saved value (or its root/norm), takes its log, or normalises with it, so a rounding error
 #: that is small next to the group's range becomes unbounded next to a value near zero.
+#: (Layer / group norms of an activation go to the Q norms' Functions instead, when compressing.)
 EXACT_OPS = frozenset({
     'div', 'div_', 'divide', 'divide_', 'true_divide', 'true_divide_', '__truediv__',
     '__rtruediv__', '__itruediv__', '__div__', '__rdiv__', '__idiv__', 'reciprocal',
@@ -82,13 +87,23 @@ def _keeps_exact(func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bo
 
 
 class _ExactOpsMode(torch.overrides.TorchFunctionMode):
-    """While active, what :data:`EXACT_OPS` calls save stays exact (see :func:`exact_scope`)."""
+    """While active, what :data:`EXACT_OPS` calls save stays exact (see :func:`exact_scope`),
+    and functional layer / group norms of activations run through the Q norms' Functions."""
+
+    def __init__(self, owner: 'compress_saved_tensors') -> None:
+        super().__init__()
+        self.owner = owner
 
     def __torch_function__(self, func: Any, types: Any, args: Tuple[Any, ...] = (),
                            kwargs: Optional[Dict[str, Any]] = None) -> Any:
         kwargs = kwargs or {}
         if not _keeps_exact(func, args, kwargs):
             return func(*args, **kwargs)
+        name = getattr(func, '__name__', '')
+        if name in ROUTED_NORMS and not in_exact_module():
+            out = self.owner._functional_norm(name, args, kwargs)
+            if out is not None:
+                return out
         with exact_scope():
             return func(*args, **kwargs)
 
@@ -151,7 +166,7 @@ class compress_saved_tensors(ContextDecorator):
             local.hooks.__enter__()
             local.mode = None
             if not torch.compiler.is_compiling():
-                local.mode = _ExactOpsMode()
+                local.mode = _ExactOpsMode(self)
                 local.mode.__enter__()
         local.depth = depth + 1
 
@@ -175,21 +190,31 @@ class compress_saved_tensors(ContextDecorator):
                 and t.device.type != 'meta' and t.numel() >= local.min_numel
                 and not is_param_like(t, local.storages))
 
-    def _scheme(self) -> LayerScheme:
+    def _scheme(self, kind: str = 'generic') -> LayerScheme:
         """One scheme per saving site (the n-th tensor saved in this forward), per config."""
         local = self._local
         site = local.site
         local.site += 1
-        key = (site, local.cfg)
+        key = (site, local.cfg, kind)
         scheme = self._schemes.get(key)
         if scheme is None or scheme.config != local.cfg:
             alloc = self.allocator
             if alloc is not None and getattr(alloc, 'config', None) != local.cfg:
                 alloc = None
-            scheme = LayerScheme(local.cfg, kind='generic', name=f'saved[{site}]',
-                                 allocator=alloc)
+            scheme = LayerScheme(local.cfg, kind=kind, name=f'saved[{site}]', allocator=alloc)
             self._schemes[key] = scheme
         return scheme
+
+    def _functional_norm(self, name: str, args: Tuple[Any, ...],
+                         kwargs: Dict[str, Any]) -> Optional[Tensor]:
+        """A functional layer / group norm of an activation run by the Q norm Function (its
+        input saved normalised, compressed), or None: torch's op runs, what it saves exact."""
+        if not torch.is_grad_enabled():
+            return None
+        parsed = parse_norm_call(name, args, kwargs)
+        if parsed is None or not self._eligible(parsed[0]):
+            return None
+        return routed_norm(name, parsed, self._scheme(kind='norm'))
 
     def _pack(self, t: Tensor) -> Any:
         if in_exact_module():  # a module the level keeps exact (L1 norms), or an EXACT_OPS op

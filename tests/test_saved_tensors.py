@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from actnn_mm import convert
+from actnn_mm import convert, saved_tensors
 from actnn_mm.engine import CompressedTensor, CompressionConfig, PackedMask
 from actnn_mm.forward_context import install, installed, uninstall
 from actnn_mm.layers import QConv2d
@@ -254,3 +254,73 @@ def test_divisors_stay_exact_so_multiplicative_updates_keep_finite_gradients(lev
     assert torch.isfinite(x.grad).all()
     assert float((x.grad - exact).norm() / exact.norm()) < 1.0
     assert _objects(counter, CompressedTensor), 'nothing compressed at all'
+
+
+def _tiny_variance_input(kind: str) -> torch.Tensor:
+    """Rows (layer norm) / groups (group norm) of spread 1e-2..1e-3 sharing quantization groups
+    with rows of spread ~3: DeiT's cls_token + pos_embed row at init."""
+    torch.manual_seed(0)
+    if kind == 'layer_norm':
+        x = torch.cat([torch.randn(2, 1, 192) * 0.02, torch.randn(2, 196, 192) * 3 + 1], 1)
+    else:
+        x = torch.cat([torch.randn(2, 8, 4, 4) * 1e-3, torch.randn(2, 56, 4, 4) * 5], 1)
+    return x.requires_grad_()
+
+
+def _functional_norm(kind: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
+                     ) -> torch.Tensor:
+    if kind == 'layer_norm':
+        return F.layer_norm(x, (x.shape[-1], ), w, b)
+    return torch.group_norm(x, 8, w, b, 1e-5)
+
+
+def _functional_norm_grads(kind: str, cfg: CompressionConfig = None):
+    """(x.grad, weight.grad, saved-bytes counter) of one functional norm step, inside the
+    context at ``cfg`` (None: exact)."""
+    x = _tiny_variance_input(kind)
+    c = x.shape[-1] if kind == 'layer_norm' else x.shape[1]
+    w = nn.Parameter(torch.linspace(0.5, 1.5, c))
+    b = nn.Parameter(torch.zeros(c))
+    g = torch.randn_like(x, generator=torch.Generator().manual_seed(1))
+    with SavedBytesCounter(keep_objects=True) as counter:
+        if cfg is None:
+            y = _functional_norm(kind, x, w, b)
+        else:
+            with compress_saved_tensors(cfg):
+                y = _functional_norm(kind, x, w, b)
+    y.backward(g)
+    return x.grad, w.grad, counter
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize('kind', ['layer_norm', 'group_norm'])
+def test_functional_norm_of_tiny_variance_rows_compresses_with_bounded_error(
+        kind: str, monkeypatch) -> None:
+    """``F.layer_norm`` / ``torch.group_norm`` called outside a norm module (mm backbones) go
+    through the Q norms' Functions: the input is saved normalised and compressed, so rstd cannot
+    multiply the rounding error of rows that share a group with wider ones. Autograd's own op
+    would save the raw input (the naive path, measured here with the routing switched off):
+    its input gradient is off by far more than its own norm."""
+    ex_x, ex_w, exact = _functional_norm_grads(kind)
+    gx, gw, counter = _functional_norm_grads(kind, L3)
+    assert _rel(gx, ex_x) < 1.0 and _rel(gw, ex_w) < 1.5
+    assert _objects(counter, CompressedTensor), 'the norm input was not compressed'
+    assert exact.total / counter.total > 4
+    monkeypatch.setattr(saved_tensors, 'ROUTED_NORMS', frozenset())
+    monkeypatch.setattr(saved_tensors, 'EXACT_OPS', saved_tensors.EXACT_OPS - {kind})
+    naive_x, _, _ = _functional_norm_grads(kind, L3)
+    assert _rel(naive_x, ex_x) > 10 * max(_rel(gx, ex_x), 0.1)
+
+
+@pytest.mark.parametrize('kind', ['layer_norm', 'group_norm'])
+def test_functional_norm_exact_at_l0_and_l1(kind: str) -> None:
+    """L0 is torch's op bit for bit; L1 (norm inputs exact) keeps what the norm saves exact."""
+    ex_x, ex_w, _ = _functional_norm_grads(kind)
+    for level in ('L0', 'L1'):
+        gx, gw, counter = _functional_norm_grads(
+            kind, CompressionConfig.from_level(level, min_numel=64))
+        assert torch.equal(gx, ex_x) and torch.equal(gw, ex_w), level
+        assert not _objects(counter, CompressedTensor), level
