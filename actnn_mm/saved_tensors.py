@@ -79,8 +79,13 @@ EXACT_OPS = frozenset({
 #: Ops whose saved tensor multiplies the gradient elementwise on its way to the input: sigmoid /
 #: tanh (their output), products (each operand, when both are activations; a parameter operand
 #: only feeds its own gradient, a reduction).
+#: ``F.multi_head_attention_forward`` (``nn.MultiheadAttention``: DETR's transformer) is one
+#: call to the mode, its products of activations (q k^T, attention @ v) and softmax inside it:
+#: all it saves counts as gating (DETR, 96 px, batch 2, L3: error / noise 0.87 -> 0.12, saved
+#: bytes 12.4 -> 16.3 MiB of 87).
 GATING_OPS = frozenset({'sigmoid', 'sigmoid_', 'tanh', 'tanh_', 'mul', 'mul_', 'multiply',
-                        'multiply_', '__mul__', '__rmul__', '__imul__'})
+                        'multiply_', '__mul__', '__rmul__', '__imul__',
+                        'multi_head_attention_forward'})
 #: Fewest bits (uniform, per tensor) for what :data:`GATING_OPS` save.
 GATING_BITS = 8
 
