@@ -67,6 +67,4 @@ def test_swin_t_generic_path_ratio() -> None:
     install(generic, CompressionConfig.from_level('L3'))  # saved-tensor hooks only, no Q-layers
     report = measure_saved_bytes(generic, x)
     ratio = exact.total / report.total
-    # Without Q-layers, what functional layer norms save stays exact (saved_tensors.EXACT_OPS:
-    # quantizing a norm's raw input multiplies the error by its rstd), 2 per Swin block.
-    assert ratio >= 4.5, f'{ratio:.2f}x\n{report.table()}'
+    assert ratio >= 5.0, f'{ratio:.2f}x\n{report.table()}'

@@ -2,6 +2,7 @@
 parameters, buffers, tiny and non-float tensors left alone; Q-layers' copies reused."""
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import List
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from actnn_mm import convert
+from actnn_mm import convert, saved_tensors
 from actnn_mm.engine import CompressedTensor, CompressionConfig, PackedMask
 from actnn_mm.forward_context import install, installed, uninstall
 from actnn_mm.layers import QConv2d
@@ -254,3 +255,173 @@ def test_divisors_stay_exact_so_multiplicative_updates_keep_finite_gradients(lev
     assert torch.isfinite(x.grad).all()
     assert float((x.grad - exact).norm() / exact.norm()) < 1.0
     assert _objects(counter, CompressedTensor), 'nothing compressed at all'
+
+
+def _tiny_variance_input(kind: str) -> torch.Tensor:
+    """Rows (layer norm) / groups (group norm) of spread 1e-2..1e-3 sharing quantization groups
+    with rows of spread ~3: DeiT's cls_token + pos_embed row at init."""
+    torch.manual_seed(0)
+    if kind == 'layer_norm':
+        x = torch.cat([torch.randn(2, 1, 192) * 0.02, torch.randn(2, 196, 192) * 3 + 1], 1)
+    else:
+        x = torch.cat([torch.randn(2, 8, 4, 4) * 1e-3, torch.randn(2, 56, 4, 4) * 5], 1)
+    return x.requires_grad_()
+
+
+def _functional_norm(kind: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
+                     ) -> torch.Tensor:
+    if kind == 'layer_norm':
+        return F.layer_norm(x, (x.shape[-1], ), w, b)
+    return torch.group_norm(x, 8, w, b, 1e-5)
+
+
+def _functional_norm_grads(kind: str, cfg: CompressionConfig = None):
+    """(x.grad, weight.grad, saved-bytes counter) of one functional norm step, inside the
+    context at ``cfg`` (None: exact)."""
+    x = _tiny_variance_input(kind)
+    c = x.shape[-1] if kind == 'layer_norm' else x.shape[1]
+    w = nn.Parameter(torch.linspace(0.5, 1.5, c))
+    b = nn.Parameter(torch.zeros(c))
+    g = torch.randn_like(x, generator=torch.Generator().manual_seed(1))
+    with SavedBytesCounter(keep_objects=True) as counter:
+        if cfg is None:
+            y = _functional_norm(kind, x, w, b)
+        else:
+            with compress_saved_tensors(cfg):
+                y = _functional_norm(kind, x, w, b)
+    y.backward(g)
+    return x.grad, w.grad, counter
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize('kind', ['layer_norm', 'group_norm'])
+def test_functional_norm_of_tiny_variance_rows_compresses_with_bounded_error(
+        kind: str, monkeypatch) -> None:
+    """``F.layer_norm`` / ``torch.group_norm`` called outside a norm module (mm backbones) go
+    through the Q norms' Functions: the input is saved normalised and compressed, so rstd cannot
+    multiply the rounding error of rows that share a group with wider ones. Autograd's own op
+    would save the raw input (the naive path, measured here with the routing switched off):
+    its input gradient is off by far more than its own norm."""
+    ex_x, ex_w, exact = _functional_norm_grads(kind)
+    gx, gw, counter = _functional_norm_grads(kind, L3)
+    assert _rel(gx, ex_x) < 1.0 and _rel(gw, ex_w) < 1.5
+    assert _objects(counter, CompressedTensor), 'the norm input was not compressed'
+    assert exact.total / counter.total > 4
+    monkeypatch.setattr(saved_tensors, 'ROUTED_NORMS', frozenset())
+    monkeypatch.setattr(saved_tensors, 'EXACT_OPS', saved_tensors.EXACT_OPS - {kind})
+    naive_x, _, _ = _functional_norm_grads(kind, L3)
+    assert _rel(naive_x, ex_x) > 10 * max(_rel(gx, ex_x), 0.1)
+
+
+@pytest.mark.parametrize('kind', ['layer_norm', 'group_norm'])
+def test_functional_norm_exact_at_l0_and_l1(kind: str) -> None:
+    """L0 is torch's op bit for bit; L1 (norm inputs exact) keeps what the norm saves exact."""
+    ex_x, ex_w, _ = _functional_norm_grads(kind)
+    for level in ('L0', 'L1'):
+        gx, gw, counter = _functional_norm_grads(
+            kind, CompressionConfig.from_level(level, min_numel=64))
+        assert torch.equal(gx, ex_x) and torch.equal(gw, ex_w), level
+        assert not _objects(counter, CompressedTensor), level
+
+
+@pytest.mark.parametrize('level', ['L2', 'L3'])
+@pytest.mark.parametrize('sparsity,limit', [('zero-pixels', 2.0), ('sparse', 100.0)])
+def test_divisions_by_near_zero_keep_post_relu_nmf_gradients_finite(
+        level: str, sparsity: str, limit: float) -> None:
+    """SegNeXt's case: the NMF runs on ``F.relu(conv(x))``, so whole pixels are zero and their
+    coefficients decay to ~0: the divisor ``den + 1e-6`` is ~1e-6 there. A dividend or divisor
+    rounded to a fraction of its group's range (set by the other pixels) then comes back
+    divided by 1e-6 (once or twice): inf / NaN gradients at L2 and L3 when what the division
+    saves is compressed. Exact, the error stays bounded (sparser inputs: larger, as every
+    value multiplying 1/den still is rounded)."""
+    torch.manual_seed(0)
+    if sparsity == 'zero-pixels':
+        x = F.relu(torch.randn(2, 64, 1024))
+        x[:, :, ::7] = 0
+    else:
+        x = F.relu(torch.randn(2, 64, 1024) - 1.5)
+    x.requires_grad_()
+    bases = F.normalize(torch.rand(2, 64, 16), dim=1)
+    g = torch.randn(2, 64, 1024)
+    _multiplicative_update(x, bases).backward(g)
+    exact = x.grad.clone()
+    x.grad = None
+    with compress_saved_tensors(CompressionConfig.from_level(level, min_numel=64)):
+        y = _multiplicative_update(x, bases)
+    y.backward(g)
+    assert torch.isfinite(x.grad).all()
+    assert float((x.grad - exact).norm() / exact.norm()) < limit
+
+
+def _gated(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """BiSeNetV2's guided aggregation: a low-resolution branch, upsampled, gates a wide one."""
+    return a * torch.sigmoid(F.interpolate(b * 1, size=a.shape[2:], mode='bilinear'))
+
+
+def test_sigmoid_gates_keep_the_gated_branch_gradient_close() -> None:
+    """What a sigmoid gate and its product save multiplies the gradient elementwise on its way
+    into the gating branch (no reduction averages the rounding error): kept at GATING_BITS.
+    At the level's 2 bits the branch's input gradient was off by 0.86 of its norm."""
+    torch.manual_seed(0)
+    a0, b0 = torch.randn(2, 128, 12, 12), torch.randn(2, 128, 3, 3) * 2
+    g = torch.randn(2, 128, 12, 12)
+
+    def grads(cfg=None):
+        a, b = a0.clone().requires_grad_(), b0.clone().requires_grad_()
+        with SavedBytesCounter(keep_objects=True) as counter:
+            if cfg is None:
+                y = _gated(a, b)
+            else:
+                with compress_saved_tensors(cfg):
+                    y = _gated(a, b)
+        y.backward(g)
+        return a.grad, b.grad, counter
+
+    ex_a, ex_b, exact = grads()
+    ga, gb, counter = grads(CompressionConfig.from_level('L3'))
+    assert _rel(gb, ex_b) < 0.05 and _rel(ga, ex_a) < 0.02
+    assert exact.total / counter.total > 3  # compressed (8 bits), not kept exact
+    assert saved_tensors.GATING_BITS >= 4
+
+
+def test_products_with_a_parameter_keep_the_level_bits() -> None:
+    """A parameter operand (layer scale) only needs the activation for its own gradient, a
+    reduction: that activation keeps the level's bits."""
+    torch.manual_seed(0)
+    gamma = nn.Parameter(torch.rand(64, 1, 1))
+    x = torch.randn(2, 64, 16, 16, requires_grad=True)
+    with SavedBytesCounter(keep_objects=True) as counter:
+        with compress_saved_tensors(CompressionConfig.from_level('L2')):
+            y = gamma * (x * 1)
+    y.sum().backward()
+    packed = _objects(counter, CompressedTensor)
+    assert packed and all(int(p.bits if isinstance(p.bits, int) else p.bits.max()) == 4
+                          for p in packed)
+
+
+def test_multihead_attention_keeps_its_input_gradient_close(monkeypatch) -> None:
+    """``nn.MultiheadAttention`` runs as one functional call: its attention products and softmax
+    save at GATING_BITS: the input gradient is off by 0.01 of its norm, against 1.2 with the
+    call at the level's 2 bits (DETR's transformer: every backbone gradient passes it)."""
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(64, 4)
+    x0 = torch.randn(9, 2, 64)
+    g = torch.randn(9, 2, 64)
+    cfg = CompressionConfig.from_level('L3', min_numel=64)
+
+    def grad(ctx) -> torch.Tensor:
+        x = x0.clone().requires_grad_()
+        with ctx:
+            y = attn(x + 1, x + 1, x)[0]
+        y.backward(g)
+        return x.grad
+
+    exact = grad(contextlib.nullcontext())
+    floored = _rel(grad(compress_saved_tensors(cfg)), exact)
+    monkeypatch.setattr(saved_tensors, 'GATING_OPS',
+                        saved_tensors.GATING_OPS - {'multi_head_attention_forward'})
+    naive = _rel(grad(compress_saved_tensors(cfg)), exact)
+    assert floored < 0.05 and naive > 4 * floored, (floored, naive)

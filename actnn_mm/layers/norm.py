@@ -26,7 +26,8 @@ from ._qlayer import (
 from ._sync_bn_cpu import stats_dtype
 
 __all__ = ['QBatchNorm1d', 'QBatchNorm2d', 'QBatchNorm3d', 'QBatchNormXd', 'QSyncBatchNorm',
-           'QLayerNorm', 'QGroupNorm', 'batch_norm_function', 'save_normalized_input']
+           'QLayerNorm', 'QGroupNorm', 'batch_norm_function', 'layer_norm_function',
+           'group_norm_function', 'group_norm_supported', 'save_normalized_input']
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,6 +355,14 @@ class _LayerNormFunction(AmpFunction):
         return gx, None, gw, gb, None, None
 
 
+def layer_norm_function(x: Tensor, normalized_shape: Tuple[int, ...], weight: Optional[Tensor],
+                        bias: Optional[Tensor], eps: float, scheme: Any) -> Tensor:
+    """``F.layer_norm`` saving its input normalised and compressed (``scheme``), autocast as
+    torch's (fp32 on CUDA). The caller checks that ``normalized_shape`` ends ``x``'s shape."""
+    x, weight, bias = cast_for_autocast('fp32', x, weight, bias)
+    return _LayerNormFunction.apply(x, list(normalized_shape), weight, bias, eps, scheme)
+
+
 class QLayerNorm(nn.LayerNorm):
     """:class:`torch.nn.LayerNorm` that saves its input compressed."""
 
@@ -362,9 +371,8 @@ class QLayerNorm(nn.LayerNorm):
         if input.dim() < len(ns) or tuple(input.shape[input.dim() - len(ns):]) != ns or \
                 not compress_active(self, input, self.weight, self.bias):
             return super().forward(input)
-        x, weight, bias = cast_for_autocast('fp32', input, self.weight, self.bias)
-        return _LayerNormFunction.apply(x, list(ns), weight, bias, self.eps,
-                                        get_scheme(self, 'norm'))
+        return layer_norm_function(input, ns, self.weight, self.bias, self.eps,
+                                   get_scheme(self, 'norm'))
 
 
 def per_group(t: Tensor, x: Tensor, groups: int) -> Tensor:
@@ -414,16 +422,25 @@ class QGroupNorm(nn.GroupNorm):
 
     def forward(self, input: Tensor) -> Tensor:
         if input.dim() < 2 or input.shape[1] != self.num_channels or \
-                not self._q_supported(input) or \
+                not group_norm_supported(input, self.num_groups) or \
                 not compress_active(self, input, self.weight, self.bias):
             return super().forward(input)
-        x, weight, bias = cast_for_autocast('fp32', input, self.weight, self.bias)
-        return _GroupNormFunction.apply(x, weight, bias, self.num_groups, self.eps,
-                                        get_scheme(self, 'norm'))
+        return group_norm_function(input, self.num_groups, self.weight, self.bias, self.eps,
+                                   get_scheme(self, 'norm'))
 
-    def _q_supported(self, input: Tensor) -> bool:
-        # Inputs F.group_norm rejects (its _verify_batch_size) go to the twin for its error.
-        if input.numel() == 0 or self.num_channels % self.num_groups:
-            return False
-        return input.shape[0] * input.shape[1] // self.num_groups * \
-            math.prod(input.shape[2:]) > 1
+
+def group_norm_supported(x: Tensor, num_groups: int) -> bool:
+    """Whether the Q group norm takes ``x``: inputs ``F.group_norm`` rejects (channels not
+    divisible by groups, its ``_verify_batch_size``) go to torch for its error."""
+    if x.dim() < 2 or x.numel() == 0 or not isinstance(num_groups, int) or num_groups < 1 or \
+            x.shape[1] % num_groups:
+        return False
+    return x.shape[0] * x.shape[1] // num_groups * math.prod(x.shape[2:]) > 1
+
+
+def group_norm_function(x: Tensor, num_groups: int, weight: Optional[Tensor],
+                        bias: Optional[Tensor], eps: float, scheme: Any) -> Tensor:
+    """``F.group_norm`` saving its input normalised and compressed (``scheme``), autocast as
+    torch's; the caller checks :func:`group_norm_supported`."""
+    x, weight, bias = cast_for_autocast('fp32', x, weight, bias)
+    return _GroupNormFunction.apply(x, weight, bias, num_groups, eps, scheme)
