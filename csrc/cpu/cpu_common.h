@@ -15,6 +15,16 @@ namespace cpu {
 
 constexpr int64_t kGrain = 8;  // groups per task: at G=256 that is 8 KiB of fp32 input
 
+// Whether this CPU runs AVX-512F code (the hand-vectorised paths; checked once).
+inline bool cpu_has_avx512f() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool yes = __builtin_cpu_supports("avx512f");
+  return yes;
+#else
+  return false;
+#endif
+}
+
 template <typename T>
 inline float to_f(T v) {
   return static_cast<float>(v);
