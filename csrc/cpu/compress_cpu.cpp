@@ -216,12 +216,8 @@ double block_sq_sum(const T* g, int64_t lo, int64_t hi) {
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx512f", "avx2", "default")))
-#endif
-double block_sq_sum_f32(const float* g, int64_t lo, int64_t hi) {
-  return block_sq_sum(g, lo, hi);
-}
+ACTNN_CLONES
+double block_sq_sum_f32(const float* g, int64_t lo, int64_t hi) { return block_sq_sum(g, lo, hi); }
 
 template <typename T>
 double sq_norm(const T* g, int64_t numel) {

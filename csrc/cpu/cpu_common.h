@@ -10,6 +10,20 @@
 #include "checks.h"
 #include "quant_common.h"
 
+// Hand-vectorised AVX-512 paths (intrinsics in target("avx512f") functions, taken when
+// cpu_has_avx512f()) and compiler-cloned loops (AVX-512, AVX2, baseline x86-64; GCC's
+// target_clones picks one when the library loads).
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define ACTNN_X86_AVX512 1
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define ACTNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define ACTNN_CLONES
+#endif
+
 namespace actnn {
 namespace cpu {
 
@@ -17,7 +31,7 @@ constexpr int64_t kGrain = 8;  // groups per task: at G=256 that is 8 KiB of fp3
 
 // Whether this CPU runs AVX-512F code (the hand-vectorised paths; checked once).
 inline bool cpu_has_avx512f() {
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef ACTNN_X86_AVX512
   static const bool yes = __builtin_cpu_supports("avx512f");
   return yes;
 #else

@@ -8,21 +8,10 @@
 
 #include "cpu/cpu_common.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define ACTNN_AVX512_PHILOX 1
-#endif
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ACTNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define ACTNN_CLONES
-#endif
-
 namespace actnn {
 namespace cpu {
 
-#ifdef ACTNN_AVX512_PHILOX
+#ifdef ACTNN_X86_AVX512
 // Philox 4x32-10 for 16 consecutive calls at once (one call per 32-bit lane): the same rounds
 // as philox.h, with the 32x32 -> 64-bit products split into even and odd lanes.
 __attribute__((target("avx512f"))) static inline void mulhilo16(__m512i a, __m512i m, __m512i& hi,
@@ -157,17 +146,13 @@ __attribute__((target("avx512f"))) static int64_t dequantize_avx512(const uint8_
   return j;
 }
 
-static bool has_avx512() {
-  static const bool yes = __builtin_cpu_supports("avx512f");
-  return yes;
-}
 #endif
 
 // philox_uniforms with 16 calls per AVX-512 vector where the CPU has it.
 static inline void group_uniforms(uint64_t seed, uint64_t offset, uint64_t ctr0, int64_t calls,
                                   float* u) {
-#ifdef ACTNN_AVX512_PHILOX
-  if (has_avx512()) {
+#ifdef ACTNN_X86_AVX512
+  if (cpu_has_avx512f()) {
     philox_uniforms_avx512(seed, offset, ctr0, calls, u);
     return;
   }
@@ -175,7 +160,7 @@ static inline void group_uniforms(uint64_t seed, uint64_t offset, uint64_t ctr0,
   philox_uniforms(seed, offset, ctr0, calls, u);
 }
 
-#ifdef ACTNN_AVX512_PHILOX
+#ifdef ACTNN_X86_AVX512
 // min/max/non-finite over 16 lanes. Any order gives the same (min, max) for finite values up to
 // the sign of zero, which callers canonicalise (+ 0.0f); with a non-finite value the group is
 // stored as NaN whatever min/max are.
@@ -204,12 +189,10 @@ __attribute__((target("avx512f"))) static void reduce_avx512(const float* buf, i
 }
 #endif
 
-static bool has_avx512();
-
 ACTNN_CLONES
 void reduce_group(const float* buf, int64_t len, float& mn, float& mx, bool& bad) {
-#ifdef ACTNN_AVX512_PHILOX
-  if (has_avx512()) {
+#ifdef ACTNN_X86_AVX512
+  if (cpu_has_avx512f()) {
     reduce_avx512(buf, len, mn, mx, bad);
     return;
   }
@@ -246,8 +229,8 @@ void quantize_pack_group(const float* buf, int64_t len, int64_t G, float mn, flo
     for (int64_t j = 0; j < len; ++j) q[j] = quantize_code(buf[j], mn, scale, u[j], Bq);
     for (int64_t j = len; j < G; ++j) q[j] = 0u;
   }
-#ifdef ACTNN_AVX512_PHILOX
-  if ((b == 1 || b == 2 || b == 4) && G % 16 == 0 && has_avx512()) {
+#ifdef ACTNN_X86_AVX512
+  if ((b == 1 || b == 2 || b == 4) && G % 16 == 0 && cpu_has_avx512f()) {
     pack_avx512(q, G, b, out);
     return;
   }
@@ -259,8 +242,8 @@ ACTNN_CLONES
 void unpack_dequantize_group(const uint8_t* src, int b, int64_t len, float mn, float step,
                              float* out) {
   int64_t done = 0;
-#ifdef ACTNN_AVX512_PHILOX
-  if ((b == 1 || b == 2 || b == 4) && has_avx512())
+#ifdef ACTNN_X86_AVX512
+  if ((b == 1 || b == 2 || b == 4) && cpu_has_avx512f())
     done = dequantize_avx512(src, b, len, mn, step, out);
 #endif
   if (done == len) return;

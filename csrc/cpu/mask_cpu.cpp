@@ -11,17 +11,12 @@
 #include "checks.h"
 #include "cpu/cpu_common.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define ACTNN_AVX512_MASKS 1
-#endif
-
 namespace actnn {
 namespace {
 
 constexpr int64_t kChunkGrain = 4096;  // 8-element chunks per task
 
-#ifdef ACTNN_AVX512_MASKS
+#ifdef ACTNN_X86_AVX512
 // fp32 chunks [begin, end) of 8 elements, 16 elements (2 mask bytes) per vector; returns the
 // first chunk not done (the caller finishes the odd chunk and the tail). x > 0 is false for NaN
 // (ordered compare), x != 0 true (unordered), as in the reference.
@@ -62,7 +57,7 @@ void pack_nonzero_kernel(const T* x, int64_t numel, bool positive, uint8_t* out)
   const int64_t full = full_chunks(numel);
   at::parallel_for(0, (numel + 7) / 8, kChunkGrain, [&](int64_t begin, int64_t end) {
     int64_t c = begin;
-#ifdef ACTNN_AVX512_MASKS
+#ifdef ACTNN_X86_AVX512
     if constexpr (std::is_same_v<T, float>) {
       if (cpu::cpu_has_avx512f()) c = pack_nonzero_avx512(x, c, std::min(end, full), positive, out);
     }
@@ -91,7 +86,7 @@ void mask_grad_kernel(const T* g, const uint8_t* src, int64_t numel, T* dst) {
   const int64_t full = full_chunks(numel);
   at::parallel_for(0, (numel + 7) / 8, kChunkGrain, [&](int64_t begin, int64_t end) {
     int64_t c = begin;
-#ifdef ACTNN_AVX512_MASKS
+#ifdef ACTNN_X86_AVX512
     if constexpr (std::is_same_v<T, float>) {
       if (cpu::cpu_has_avx512f()) c = mask_grad_avx512(g, src, c, std::min(end, full), dst);
     }
