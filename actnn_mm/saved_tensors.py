@@ -102,7 +102,7 @@ POW_OPS = frozenset({'pow', 'pow_', '__pow__', '__ipow__', 'float_power'})
 
 def _keeps_exact(func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
     name = getattr(func, '__name__', '')
-    if name in EXACT_OPS or name in GATING_OPS:
+    if name in EXACT_OPS:
         return True
     if name == 'batch_norm':  # batch statistics only; with running stats it is affine in x
         return bool(kwargs.get('training', args[5] if len(args) > 5 else False))
@@ -115,7 +115,8 @@ def _keeps_exact(func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bo
 
 class _ExactOpsMode(torch.overrides.TorchFunctionMode):
     """While active, what :data:`EXACT_OPS` calls save stays exact (see :func:`exact_scope`),
-    and functional layer / group norms of activations run through the Q norms' Functions."""
+    functional layer / group norms of activations run through the Q norms' Functions, and
+    what :data:`GATING_OPS` save is compressed with at least :data:`GATING_BITS` bits."""
 
     def __init__(self, owner: 'compress_saved_tensors') -> None:
         super().__init__()
@@ -124,11 +125,11 @@ class _ExactOpsMode(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Tuple[Any, ...] = (),
                            kwargs: Optional[Dict[str, Any]] = None) -> Any:
         kwargs = kwargs or {}
-        if not _keeps_exact(func, args, kwargs):
-            return func(*args, **kwargs)
         name = getattr(func, '__name__', '')
         if name in GATING_OPS:
             return self._run_gating(func, args, kwargs)
+        if not _keeps_exact(func, args, kwargs):
+            return func(*args, **kwargs)
         if name in ROUTED_NORMS and not in_exact_module():
             out = self.owner._functional_norm(name, args, kwargs)
             if out is not None:
