@@ -16,7 +16,13 @@ same engine and config as the Q-layers, except
   for values near zero (SegNeXt's NMF head, ``coef * num / (den + 1e-6)``, got NaN gradients).
   Functional layer and group norms of an activation are not kept exact but run through the Q
   norms' Functions (:mod:`actnn_mm.functional_norm`), which save the input normalised and
-  compressed (a norm scheme per call site, following ``config.compress_norm``).
+  compressed (a norm scheme per call site, following ``config.compress_norm``). Probability
+  losses (``binary_cross_entropy``: its backward divides by ``p * (1 - p)``; YOLACT's mask loss)
+  keep their input exact, and so do the other savers of that tensor (a sigmoid's compressed copy
+  of ``p`` is given up for the exact one, which costs no more memory).
+  ``F.scaled_dot_product_attention`` of activations runs as matmul / softmax / matmul
+  (:mod:`actnn_mm.functional_attention`): the fused kernels recompute ``exp(q k^T - lse)`` from
+  what they save, which turns rounding into an unbounded factor.
 
 What gates the gradient elementwise on its way to the input (a sigmoid's or tanh's output, the
 operands of a product of two activations: :data:`GATING_OPS`) is compressed with at least
@@ -47,19 +53,20 @@ ReLU special case), ``keep_exact`` (modules left exact).
 from __future__ import annotations
 
 import threading
-from contextlib import ContextDecorator
-from typing import Any, Dict, List, Optional, Tuple
+from contextlib import ContextDecorator, contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from . import saved_bytes
 from .engine import CompressionConfig, LayerScheme, get_default_config
+from .functional_attention import ATTENTION_OPS, decomposed_attention, parse_attention_call
 from .functional_norm import ROUTED_NORMS, parse_norm_call, routed_norm
 from .keep_exact import exact_scope, in_exact_module
 from .param_like import is_param_like, param_storages
 from .relu_mask import ReluMask, is_relu_own_save
-from .share_cache import CACHE, EXACT, Saved, sample_view
+from .share_cache import CACHE, EXACT, Saved, mark_exact, sample_view
 
 __all__ = ['compress_saved_tensors', 'EXACT_OPS', 'GATING_OPS', 'GATING_BITS']
 
@@ -75,6 +82,11 @@ EXACT_OPS = frozenset({
     'xlogy', 'atan2', 'asin', 'acos', 'erfinv', 'norm', 'vector_norm', 'matrix_norm', 'std',
     'var', 'std_mean', 'var_mean', 'normalize', 'cosine_similarity', 'pairwise_distance', 'cdist',
     'layer_norm', 'group_norm', 'instance_norm', 'rms_norm', 'local_response_norm',
+    'rsqrt', 'rsqrt_', 'logit', 'logit_', 'atanh', 'acosh', 'tan', 'sinc', 'hypot', 'digamma',
+    'lgamma', 'polygamma', 'prod', 'cumprod', 'dist', 'pdist', 'renorm',
+    'binary_cross_entropy', 'poisson_nll_loss', 'gaussian_nll_loss', 'cosine_embedding_loss',
+    'triplet_margin_loss', 'inverse', 'pinverse', 'det', 'logdet', 'slogdet',
+    'scaled_dot_product_attention',
 })
 #: Ops whose saved tensor multiplies the gradient elementwise on its way to the input: sigmoid /
 #: tanh (their output), products (each operand, when both are activations; a parameter operand
@@ -94,6 +106,16 @@ _GATING = threading.local()
 
 def _in_gating_op() -> bool:
     return getattr(_GATING, 'depth', 0) > 0
+
+
+@contextmanager
+def gating_scope() -> Iterator[None]:
+    """What is saved inside is kept at :data:`GATING_BITS` or more."""
+    _GATING.depth = getattr(_GATING, 'depth', 0) + 1
+    try:
+        yield
+    finally:
+        _GATING.depth -= 1
 
 
 #: Powers whose exponent decides: ``x ** e`` is exact-kept unless e is an integer >= 1.
@@ -130,10 +152,13 @@ class _ExactOpsMode(torch.overrides.TorchFunctionMode):
             return self._run_gating(func, args, kwargs)
         if not _keeps_exact(func, args, kwargs):
             return func(*args, **kwargs)
+        out = None
         if name in ROUTED_NORMS and not in_exact_module():
             out = self.owner._functional_norm(name, args, kwargs)
-            if out is not None:
-                return out
+        elif name in ATTENTION_OPS and not in_exact_module():
+            out = self.owner._attention(args, kwargs)
+        if out is not None:
+            return out
         with exact_scope():
             return func(*args, **kwargs)
 
@@ -142,11 +167,8 @@ class _ExactOpsMode(torch.overrides.TorchFunctionMode):
         if len(tensors) == 2 and any(is_param_like(t, self.owner._local.storages)
                                      for t in tensors):
             return func(*args, **kwargs)  # a parameter operand: the other feeds a reduction
-        _GATING.depth = getattr(_GATING, 'depth', 0) + 1
-        try:
+        with gating_scope():
             return func(*args, **kwargs)
-        finally:
-            _GATING.depth -= 1
 
 
 def _bits_of(saved: Saved) -> float:
@@ -268,10 +290,22 @@ class compress_saved_tensors(ContextDecorator):
             return None
         return routed_norm(name, parsed, self._scheme(kind='norm'))
 
+    def _attention(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Optional[Tensor]:
+        """Scaled dot-product attention of activations as matmul / softmax / matmul, whose saves
+        compress (:mod:`actnn_mm.functional_attention`), or None: torch's fused op runs, what it
+        saves exact."""
+        if not torch.is_grad_enabled() or not self._local.cfg.enabled:
+            return None
+        call = parse_attention_call(args, kwargs)
+        if call is None or not any(self._eligible(call[n]) for n in ('query', 'key', 'value')):
+            return None
+        return decomposed_attention(call, gating_scope)
+
     def _pack(self, t: Tensor) -> Any:
         if in_exact_module():  # a module the level keeps exact (L1 norms), or an EXACT_OPS op
             if not is_param_like(t, self._local.storages):
                 saved_bytes.record(t)
+                mark_exact(t)  # other savers of t use it exact too
             return t
         if t.layout == torch.strided and t.is_floating_point() and is_relu_own_save(t):
             from .engine.mask import pack_nonzero

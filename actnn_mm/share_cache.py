@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .param_like import storage_ptr
 
-__all__ = ['share', 'sample_view', 'Saved', 'ShareCache', 'CACHE', 'EXACT',
+__all__ = ['share', 'mark_exact', 'sample_view', 'Saved', 'ShareCache', 'CACHE', 'EXACT',
            'MIN_SAMPLE_FEATURES']
 
 #: Cache value meaning "a layer keeps this tensor exact": later savers reuse it for free.
@@ -88,8 +88,17 @@ class Saved:
         self.packed, self.scheme, self.shape = packed, scheme, shape
 
     def unpack(self) -> Tensor:
+        if self.scheme is None:  # made exact by :meth:`keep_exact`
+            return self.packed
         out = self.scheme.decompress(self.packed)
         return out if self.shape is None else out.reshape(self.shape)
+
+    def keep_exact(self, t: Tensor) -> None:
+        """Give up the compressed copy for ``t`` itself: another saver keeps ``t`` exact, so it
+        stays in memory anyway, and an op whose backward is ill-conditioned in ``t``'s values
+        (a sigmoid's ``p * (1 - p)`` before a cross-entropy that divides by it) must not see
+        ``t`` rounded by one saver and exact by the other."""
+        self.packed, self.scheme, self.shape = t, None, None
 
 
 #: A sample (dim 0) holding fewer features than this is regrouped with the others: tensors that
@@ -107,6 +116,17 @@ def sample_view(t: Tensor) -> Tensor:
 
 #: The one cache of the process: Q-layers and saved-tensor contexts share through it.
 CACHE = ShareCache()
+
+
+def mark_exact(t: Tensor, holder: Any = None) -> None:
+    """``t`` is kept exact (while ``holder`` lives, or ``t``): every other saver of it, earlier
+    (its compressed copy is given up: :meth:`Saved.keep_exact`) or later, uses the exact
+    tensor, which costs no more memory."""
+    hit = CACHE.get(t)
+    if isinstance(hit, Saved):
+        hit.keep_exact(t)
+    if hit is not EXACT or holder is not None:
+        CACHE.put(t, EXACT, holder=holder)
 
 
 def share(x: Tensor, scheme: Any, exact: Optional[bool] = None, owner: Any = None,
@@ -130,7 +150,7 @@ def share(x: Tensor, scheme: Any, exact: Optional[bool] = None, owner: Any = Non
         return Saved(packed, scheme)
     if exact:
         if owner is not None:
-            CACHE.put(x, EXACT, holder=owner)
+            mark_exact(x, owner)
         return x
     hit = CACHE.get(x)
     if hit is EXACT:

@@ -356,6 +356,37 @@ def test_divisions_by_near_zero_keep_post_relu_nmf_gradients_finite(
     assert float((x.grad - exact).norm() / exact.norm()) < limit
 
 
+def _mask_loss(proto: torch.Tensor, coeff: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """YOLACT's mask loss: sigmoid of prototypes x coefficients, binary cross-entropy on the
+    probabilities (not the logits)."""
+    prob = torch.sigmoid(torch.einsum('bchw,bnc->bnhw', proto, coeff))
+    return F.binary_cross_entropy(prob, target, reduction='sum')
+
+
+@pytest.mark.parametrize('level', ['L2', 'L3'])
+def test_probability_losses_keep_their_input_exact(level: str) -> None:
+    """``F.binary_cross_entropy``'s backward divides by ``p * (1 - p)``: a probability rounded
+    to 0 or 1 (a fraction of its group's range) returns a gradient clamped only at 1e12 (YOLACT:
+    gradient error 4e8x the minibatch noise at L2). What it saves stays exact."""
+    torch.manual_seed(0)
+    proto0 = torch.randn(2, 32, 24, 24) * 4
+    coeff = torch.randn(2, 8, 32)
+    target = (torch.rand(2, 8, 24, 24) > 0.5).float()
+
+    def grad(cfg=None):
+        proto = proto0.clone().requires_grad_()
+        ctx = compress_saved_tensors(cfg) if cfg is not None else contextlib.nullcontext()
+        with ctx:
+            loss = _mask_loss(proto, coeff, target)
+        loss.backward()
+        return proto.grad
+
+    exact = grad()
+    got = grad(CompressionConfig.from_level(level, min_numel=64))
+    assert torch.isfinite(got).all()
+    assert _rel(got, exact) < 0.05  # only the sigmoid's >= 8-bit save rounds
+
+
 def _gated(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """BiSeNetV2's guided aggregation: a low-resolution branch, upsampled, gates a wide one."""
     return a * torch.sigmoid(F.interpolate(b * 1, size=a.shape[2:], mode='bilinear'))
@@ -425,3 +456,62 @@ def test_multihead_attention_keeps_its_input_gradient_close(monkeypatch) -> None
                         saved_tensors.GATING_OPS - {'multi_head_attention_forward'})
     naive = _rel(grad(compress_saved_tensors(cfg)), exact)
     assert floored < 0.05 and naive > 4 * floored, (floored, naive)
+
+
+def _attention_grads(cfg=None, logit_scale: float = 4.0):
+    """Input gradients of ``F.scaled_dot_product_attention`` with logits of ``logit_scale``
+    spread (a trained ViT's), inside the context at ``cfg`` (None: exact)."""
+    torch.manual_seed(0)
+    qkv = [torch.randn(2, 3, 65, 64) * logit_scale ** 0.5 for _ in range(2)]
+    qkv.append(torch.randn(2, 3, 65, 64))
+    qkv = [t.requires_grad_() for t in qkv]
+    g = torch.randn(2, 3, 65, 64)
+    with SavedBytesCounter(keep_objects=True) as counter:
+        ctx = compress_saved_tensors(cfg) if cfg is not None else contextlib.nullcontext()
+        with ctx:
+            y = F.scaled_dot_product_attention(*qkv)
+    y.backward(g)
+    return [t.grad for t in qkv], counter
+
+
+@pytest.mark.parametrize('level', ['L2', 'L3'])
+def test_fused_attention_compresses_with_bounded_error(level: str) -> None:
+    """Fused attention recomputes ``exp(q k^T - lse)`` in backward from what it saved: with q, k
+    rounded the logits' error comes back as a factor (L3: gradients 5e6x off at logit spread 4,
+    inf beyond). Run as matmul / softmax / matmul, each save enters its backward linearly."""
+    exact, counter_exact = _attention_grads()
+    got, counter = _attention_grads(CompressionConfig.from_level(level, min_numel=64))
+    limit = 0.3 if level == 'L2' else 1.5  # unbiased rounding of q, k, v at 4 / 2 bits
+    for a, b in zip(got, exact):
+        assert torch.isfinite(a).all()
+        assert _rel(a, b) < limit
+    assert counter_exact.total / counter.total > (4 if level == 'L2' else 6)
+
+
+def test_fused_attention_stays_fused_and_exact_at_l0() -> None:
+    exact, _ = _attention_grads()
+    got, _ = _attention_grads(CompressionConfig.from_level('L0'))
+    assert all(torch.equal(a, b) for a, b in zip(got, exact))
+
+
+@pytest.mark.parametrize('variant', ['plain', 'bool-mask', 'float-mask', 'causal', 'gqa-scale'])
+def test_decomposed_attention_is_torch_attention(variant: str) -> None:
+    from actnn_mm.functional_attention import decomposed_attention, parse_attention_call
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 9, 8), torch.randn(2, 4, 7, 8), torch.randn(2, 4, 7, 8)
+    kwargs = {}
+    if variant == 'bool-mask':
+        kwargs['attn_mask'] = torch.rand(9, 7) > 0.3
+        kwargs['attn_mask'][:, 0] = True  # no row fully masked
+    elif variant == 'float-mask':
+        kwargs['attn_mask'] = torch.randn(2, 1, 9, 7)
+    elif variant == 'causal':
+        k, v = torch.randn(2, 4, 9, 8), torch.randn(2, 4, 9, 8)
+        kwargs['is_causal'] = True
+    elif variant == 'gqa-scale':
+        k, v = k[:, :2].clone(), v[:, :2].clone()
+        kwargs.update(enable_gqa=True, scale=0.3)
+    want = F.scaled_dot_product_attention(q, k, v, **kwargs)
+    call = parse_attention_call((q, k, v), kwargs)
+    got = decomposed_attention(call, contextlib.nullcontext)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
