@@ -19,9 +19,7 @@ same engine and config as the Q-layers, except
   compressed (a norm scheme per call site, following ``config.compress_norm``). Probability
   losses (``binary_cross_entropy``: its backward divides by ``p * (1 - p)``; YOLACT's mask loss)
   keep their input exact, and so do the other savers of that tensor (a sigmoid's compressed copy
-  of ``p`` is given up for the exact one, which costs no more memory). So do ops whose backward
-  exponentiates what they save (``log_softmax``, ``cross_entropy``, ``logsumexp``): a log-prob
-  rounded by d comes back as p * e^d (Faster R-CNN's classifier: L3 error/noise 6.2 -> 0.16).
+  of ``p`` is given up for the exact one, which costs no more memory).
   ``F.scaled_dot_product_attention`` of activations runs as matmul / softmax / matmul
   (:mod:`actnn_mm.functional_attention`): the fused kernels recompute ``exp(q k^T - lse)`` from
   what they save, which turns rounding into an unbounded factor.
@@ -74,8 +72,8 @@ __all__ = ['compress_saved_tensors', 'EXACT_OPS', 'GATING_OPS', 'GATING_BITS']
 
 
 #: Torch functions (by ``__name__``) whose saved tensors stay exact: their backward divides by
-#: a saved value (or its root/norm), takes its log or exp, or normalises with it, so a rounding
-#: error that is small next to the group's range becomes unbounded (near zero, or through exp).
+#: a saved value (or its root/norm), takes its log, or normalises with it, so a rounding error
+#: that is small next to the group's range becomes unbounded next to a value near zero.
 #: (Layer / group norms of an activation go to the Q norms' Functions instead, when compressing.)
 EXACT_OPS = frozenset({
     'div', 'div_', 'divide', 'divide_', 'true_divide', 'true_divide_', '__truediv__',
@@ -88,7 +86,7 @@ EXACT_OPS = frozenset({
     'lgamma', 'polygamma', 'prod', 'cumprod', 'dist', 'pdist', 'renorm',
     'binary_cross_entropy', 'poisson_nll_loss', 'gaussian_nll_loss', 'cosine_embedding_loss',
     'triplet_margin_loss', 'inverse', 'pinverse', 'det', 'logdet', 'slogdet',
-    'scaled_dot_product_attention', 'log_softmax', 'cross_entropy', 'logsumexp',
+    'scaled_dot_product_attention',
 })
 #: Ops whose saved tensor multiplies the gradient elementwise on its way to the input: sigmoid /
 #: tanh (their output), products (each operand, when both are activations; a parameter operand
