@@ -22,7 +22,10 @@ same engine and config as the Q-layers, except
   of ``p`` is given up for the exact one, which costs no more memory).
   ``F.scaled_dot_product_attention`` of activations runs as matmul / softmax / matmul
   (:mod:`actnn_mm.functional_attention`): the fused kernels recompute ``exp(q k^T - lse)`` from
-  what they save, which turns rounding into an unbounded factor.
+  what they save, which turns rounding into an unbounded factor. ``F.log_softmax`` and
+  ``F.cross_entropy`` of activations save the probabilities, compressed at the gating bits,
+  instead of the log-probabilities that torch's backward exponentiates
+  (:mod:`actnn_mm.functional_loss`; Faster R-CNN's classifier loss).
 
 What gates the gradient elementwise on its way to the input (a sigmoid's or tanh's output, the
 operands of a product of two activations: :data:`GATING_OPS`) is compressed with at least
@@ -62,6 +65,13 @@ from torch import Tensor, nn
 from . import saved_bytes
 from .engine import CompressionConfig, LayerScheme, get_default_config
 from .functional_attention import ATTENTION_OPS, decomposed_attention, parse_attention_call
+from .functional_loss import (
+    LOSS_OPS,
+    cross_entropy_saving_probs,
+    log_softmax_saving_probs,
+    parse_cross_entropy_call,
+    parse_log_softmax_call,
+)
 from .functional_norm import ROUTED_NORMS, parse_norm_call, routed_norm
 from .keep_exact import exact_scope, in_exact_module
 from .param_like import is_param_like, param_storages
@@ -86,7 +96,7 @@ EXACT_OPS = frozenset({
     'lgamma', 'polygamma', 'prod', 'cumprod', 'dist', 'pdist', 'renorm',
     'binary_cross_entropy', 'poisson_nll_loss', 'gaussian_nll_loss', 'cosine_embedding_loss',
     'triplet_margin_loss', 'inverse', 'pinverse', 'det', 'logdet', 'slogdet',
-    'scaled_dot_product_attention',
+    'scaled_dot_product_attention', 'log_softmax', 'cross_entropy', 'logsumexp',
 })
 #: Ops whose saved tensor multiplies the gradient elementwise on its way to the input: sigmoid /
 #: tanh (their output), products (each operand, when both are activations; a parameter operand
@@ -157,6 +167,8 @@ class _ExactOpsMode(torch.overrides.TorchFunctionMode):
             out = self.owner._functional_norm(name, args, kwargs)
         elif name in ATTENTION_OPS and not in_exact_module():
             out = self.owner._attention(args, kwargs)
+        elif name in LOSS_OPS and not in_exact_module():
+            out = self.owner._loss(name, args, kwargs)
         if out is not None:
             return out
         with exact_scope():
@@ -301,6 +313,38 @@ class compress_saved_tensors(ContextDecorator):
             return None
         return decomposed_attention(call, gating_scope)
 
+    def _loss(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Optional[Tensor]:
+        """A log-softmax / cross-entropy of an activation whose backward reads the probabilities,
+        saved compressed at the gating bits (:mod:`actnn_mm.functional_loss`), or None: torch's
+        op runs, what it saves exact."""
+        if not torch.is_grad_enabled() or not self._local.cfg.enabled:
+            return None
+
+        def pack(p: Tensor) -> Any:
+            return self._compress(p, gating=self._local.gating_cfg is not self._local.cfg)
+
+        if name == 'log_softmax':
+            parsed = parse_log_softmax_call(args, kwargs)
+            if parsed is None or not self._eligible(parsed[0]):
+                return None
+            return log_softmax_saving_probs(*parsed, pack, self._unpack)
+        call = parse_cross_entropy_call(args, kwargs)
+        if call is None or not self._eligible(call['input']):
+            return None
+        return cross_entropy_saving_probs(call, pack, self._unpack)
+
+    def _compress(self, t: Tensor, gating: bool) -> Any:
+        """``t`` compressed by the next site's scheme (a :class:`Saved`), or ``t`` itself when
+        the scheme keeps it as it is; its bytes are recorded."""
+        scheme = self._scheme(gating=gating)
+        view = sample_view(t)
+        packed = scheme.compress(view)
+        if packed is view:  # not worth compressing: kept as it is
+            saved_bytes.record(t)
+            return t
+        saved_bytes.record(packed)
+        return Saved(packed, scheme, None if view is t else t.shape)
+
     def _pack(self, t: Tensor) -> Any:
         if in_exact_module():  # a module the level keeps exact (L1 norms), or an EXACT_OPS op
             if not is_param_like(t, self._local.storages):
@@ -324,16 +368,9 @@ class compress_saved_tensors(ContextDecorator):
         if hit is not None and (not gating or _bits_of(hit) >= GATING_BITS):
             saved_bytes.record(hit.packed)
             return hit
-        scheme = self._scheme(gating=gating)
-        view = sample_view(t)
-        packed = scheme.compress(view)
-        if packed is view:  # not worth compressing: kept as it is
-            saved_bytes.record(t)
-            return t
-        saved = Saved(packed, scheme, None if view is t else t.shape)
-        if hit is None:  # a finer copy of a coarser one: that one stays the one shared
-            CACHE.put(t, holder=saved)
-        saved_bytes.record(packed)
+        saved = self._compress(t, gating)
+        if hit is None and isinstance(saved, Saved):  # a finer copy of a coarser one: that
+            CACHE.put(t, holder=saved)                # one stays the one shared
         return saved
 
     @staticmethod
