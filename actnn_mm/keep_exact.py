@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator, Tuple
+from typing import Any, Iterator, List, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ['keep_exact', 'remove_keep_exact', 'in_exact_module', 'exact_scope', 'run_eagerly',
-           'remove_hooks']
+__all__ = ['keep_exact', 'remove_keep_exact', 'in_exact_module', 'exact_scope', 'exact_reason',
+           'run_eagerly', 'remove_hooks']
 
 _EXACT = threading.local()
+
+
+def _reasons() -> List[str]:
+    reasons = getattr(_EXACT, 'reasons', None)
+    if reasons is None:
+        reasons = _EXACT.reasons = []
+    return reasons
 
 
 def run_eagerly(fn: Any) -> Any:
@@ -29,6 +36,7 @@ class _ExactEnter:
     @run_eagerly
     def __call__(self, module: nn.Module, args: Any) -> None:
         _EXACT.depth = getattr(_EXACT, 'depth', 0) + 1
+        _reasons().append(f'kept-exact module ({type(module).__name__})')
 
 
 class _ExactExit:
@@ -37,6 +45,9 @@ class _ExactExit:
     @run_eagerly
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
         _EXACT.depth = max(0, getattr(_EXACT, 'depth', 0) - 1)
+        reasons = _reasons()
+        if reasons:
+            reasons.pop()
 
 
 def keep_exact(module: nn.Module) -> None:
@@ -69,11 +80,21 @@ def in_exact_module() -> bool:
     return getattr(_EXACT, 'depth', 0) > 0
 
 
+def exact_reason() -> str:
+    """Why what is saved now stays exact: the innermost exact scope's or module's reason."""
+    reasons = _reasons()
+    return reasons[-1] if reasons else 'kept-exact scope'
+
+
 @contextmanager
-def exact_scope() -> Iterator[None]:
-    """What is saved inside stays exact, as inside a :func:`keep_exact` module."""
+def exact_scope(why: str = 'kept-exact scope') -> Iterator[None]:
+    """What is saved inside stays exact, as inside a :func:`keep_exact` module; ``why`` is what
+    the saved-bytes counters report it under."""
     _EXACT.depth = getattr(_EXACT, 'depth', 0) + 1
+    reasons = _reasons()
+    reasons.append(why)
     try:
         yield
     finally:
         _EXACT.depth -= 1
+        reasons.pop()

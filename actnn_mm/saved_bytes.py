@@ -36,16 +36,21 @@ def _active() -> List['SavedBytesCounter']:
     return stack
 
 
-def record(obj: Any) -> None:
+#: Why a plain tensor reached the counter's own hook: nothing compressed it.
+OUTSIDE = 'saved outside a compression context'
+
+
+def record(obj: Any, why: Optional[str] = None) -> None:
     """Report something kept for backward to the active counters (cheap no-op without one).
 
     Called by the Q-layers for what they keep on ``ctx`` and by the saved-tensor pack hook for
     what it returns; tensors saved through ``save_for_backward`` reach the counter's own hook.
+    ``why``: for a tensor kept exact, the reason (``exact_by_reason``).
     """
     stack = getattr(_local, 'counters', None)
     if stack:
         for counter in stack:
-            counter.add(obj)
+            counter.add(obj, why)
 
 
 def _nbytes(obj: Any) -> int:
@@ -60,13 +65,16 @@ def _nbytes(obj: Any) -> int:
 @dataclass
 class SavedBytesReport:
     """Bytes kept for backward: ``total``, per module (innermost running module) and per kind;
-    ``exact_by_module``: the part of ``by_module`` kept as plain (uncompressed) tensors."""
+    ``exact_by_module``: the part of ``by_module`` kept as plain (uncompressed) tensors;
+    ``exact_by_reason``: the same bytes by why they stayed exact (the pack hook's reason, e.g.
+    ``'exact op: div'`` or ``'no grad (data)'``)."""
 
     total: int = 0
     by_module: Dict[str, int] = field(default_factory=dict)
     by_kind: Dict[str, int] = field(default_factory=dict)
     count: int = 0
     exact_by_module: Dict[str, int] = field(default_factory=dict)
+    exact_by_reason: Dict[str, int] = field(default_factory=dict)
 
     def mb(self) -> float:
         return self.total / 2**20
@@ -122,7 +130,7 @@ class SavedBytesCounter:
     def by_kind(self) -> Dict[str, int]:
         return self.report.by_kind
 
-    def add(self, obj: Any) -> None:
+    def add(self, obj: Any, why: Optional[str] = None) -> None:
         if isinstance(obj, Tensor):
             if is_param_like(obj, self._storages):
                 return
@@ -148,6 +156,8 @@ class SavedBytesCounter:
         rep.by_kind[kind] = rep.by_kind.get(kind, 0) + n
         if kind == 'exact':
             rep.exact_by_module[name] = rep.exact_by_module.get(name, 0) + n
+            why = why or OUTSIDE
+            rep.exact_by_reason[why] = rep.exact_by_reason.get(why, 0) + n
 
     # -- hooks --------------------------------------------------------------------------------
     def _pack(self, t: Tensor) -> Tensor:

@@ -73,7 +73,7 @@ from .functional_loss import (
     parse_log_softmax_call,
 )
 from .functional_norm import ROUTED_NORMS, parse_norm_call, routed_norm
-from .keep_exact import exact_scope, in_exact_module
+from .keep_exact import exact_reason, exact_scope, in_exact_module
 from .param_like import is_param_like, param_storages
 from .relu_mask import ReluMask, is_relu_own_save
 from .share_cache import CACHE, EXACT, Saved, mark_exact, sample_view
@@ -171,7 +171,7 @@ class _ExactOpsMode(torch.overrides.TorchFunctionMode):
             out = self.owner._loss(name, args, kwargs)
         if out is not None:
             return out
-        with exact_scope():
+        with exact_scope(f'exact op: {name}'):
             return func(*args, **kwargs)
 
     def _run_gating(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
@@ -274,6 +274,16 @@ class compress_saved_tensors(ContextDecorator):
                 and t.device.type != 'meta' and t.numel() >= local.min_numel
                 and not is_param_like(t, local.storages))
 
+    def _why_not_eligible(self, t: Tensor) -> str:
+        """The saved-bytes reason :meth:`_eligible` refused ``t`` for."""
+        if not t.requires_grad:
+            return 'no grad (data)'
+        if t.layout != torch.strided or not t.is_floating_point():
+            return 'not a strided floating tensor'
+        if t.numel() < self._local.min_numel:
+            return 'below min_numel'
+        return 'a parameter or buffer'
+
     def _scheme(self, kind: str = 'generic', gating: bool = False) -> LayerScheme:
         """One scheme per saving site (the n-th tensor saved in this forward), per config;
         ``gating``: with the config of what :data:`GATING_OPS` save."""
@@ -340,7 +350,7 @@ class compress_saved_tensors(ContextDecorator):
         view = sample_view(t)
         packed = scheme.compress(view)
         if packed is view:  # not worth compressing: kept as it is
-            saved_bytes.record(t)
+            saved_bytes.record(t, 'the scheme keeps it exact')
             return t
         saved_bytes.record(packed)
         return Saved(packed, scheme, None if view is t else t.shape)
@@ -348,7 +358,7 @@ class compress_saved_tensors(ContextDecorator):
     def _pack(self, t: Tensor) -> Any:
         if in_exact_module():  # a module the level keeps exact (L1 norms), or an EXACT_OPS op
             if not is_param_like(t, self._local.storages):
-                saved_bytes.record(t)
+                saved_bytes.record(t, exact_reason())
                 mark_exact(t)  # other savers of t use it exact too
             return t
         if t.layout == torch.strided and t.is_floating_point() and is_relu_own_save(t):
@@ -358,12 +368,12 @@ class compress_saved_tensors(ContextDecorator):
             return ReluMask(mask, t.dtype)
         if not self._eligible(t):
             if not is_param_like(t, self._local.storages):
-                saved_bytes.record(t)
+                saved_bytes.record(t, self._why_not_eligible(t))
             return t
         gating = _in_gating_op() and self._local.gating_cfg is not self._local.cfg
         hit = CACHE.get(t)
         if hit is EXACT:
-            saved_bytes.record(t)
+            saved_bytes.record(t, 'kept exact by a Q-layer or another saver')
             return t
         if hit is not None and (not gating or _bits_of(hit) >= GATING_BITS):
             saved_bytes.record(hit.packed)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from actnn_mm import convert, saved_tensors
+from actnn_mm import saved_bytes as saved_bytes_module
 from actnn_mm.engine import CompressedTensor, CompressionConfig, PackedMask
 from actnn_mm.forward_context import install, installed, uninstall
 from actnn_mm.layers import QConv2d
@@ -515,3 +516,23 @@ def test_decomposed_attention_is_torch_attention(variant: str) -> None:
     call = parse_attention_call((q, k, v), kwargs)
     got = decomposed_attention(call, contextlib.nullcontext)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_saved_bytes_say_why_a_tensor_stayed_exact() -> None:
+    """The counters file every byte kept exact under the reason the pack hook kept it: what the
+    zoo check prints for a model whose saving is small."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 256, requires_grad=True)
+    data = torch.randn(256, 512)  # no grad: never compressed
+    with SavedBytesCounter() as counter, compress_saved_tensors(L3):
+        h = x @ data
+        y = h / (h.abs() + 1)  # div keeps both operands exact
+        z = y.sum() * 1
+    z.backward()
+    why = counter.report.exact_by_reason
+    assert why.get('no grad (data)', 0) >= data.numel() * 4
+    assert why.get('exact op: __truediv__', 0) + why.get('exact op: div', 0) >= h.numel() * 4
+    assert sum(why.values()) == counter.by_kind['exact']
+    with SavedBytesCounter() as outside:
+        (x * x).sum()
+    assert outside.report.exact_by_reason == {saved_bytes_module.OUTSIDE: x.numel() * 4}

@@ -95,7 +95,8 @@ ZOO: Tuple[Entry, ...] = (
     _e('mmdet', 'ssd/ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py', 'det one-stage mobile', 96),
     _e('mmdet', 'detr/detr_r50_8xb2-150e_coco.py', 'det DETR', 96),
     _e('mmdet', 'deformable_detr/deformable-detr_r50_16xb2-50e_coco.py', 'det DETR', 96),
-    _e('mmdet', 'dino/dino-4scale_r50_8xb2-12e_coco.py', 'det DETR', 96),
+    # DINO selects its 900 queries among the encoder's tokens: >= 900 of them from 256 px on
+    _e('mmdet', 'dino/dino-4scale_r50_8xb2-12e_coco.py', 'det DETR', 256),
     _e('mmdet', 'conditional_detr/conditional-detr_r50_8xb2-50e_coco.py', 'det DETR', 96),
     _e('mmdet', 'mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', 'det instance seg', 96),
     _e('mmdet', 'swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', 'det instance seg', 96),
@@ -116,8 +117,9 @@ ZOO: Tuple[Entry, ...] = (
        'seg real-time', 96),
     _e('mmseg', 'pidnet/pidnet-s_2xb6-120k_1024x1024-cityscapes.py', 'seg real-time', 96),
     _e('mmseg', 'fastscnn/fast_scnn_8xb4-160k_cityscapes-512x1024.py', 'seg mobile', 96),
+    # LR-ASPP pools its 1/8 map with a 49 x 49 window, stride (16, 20)
     _e('mmseg', 'mobilenet_v3/mobilenet-v3-d8-scratch-s_lraspp_4xb4-320k_cityscapes-512x1024.py',
-       'seg mobile', 96),
+       'seg mobile', 416),
     _e('mmseg', 'erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py', 'seg mobile', 96),
     _e('mmseg', 'segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py', 'seg transformer', 96),
     _e('mmseg', 'segnext/segnext_mscan-t_1xb16-adamw-160k_ade20k-512x512.py',
@@ -137,7 +139,8 @@ ZOO: Tuple[Entry, ...] = (
     _e('mmpretrain', 'mobilevit/mobilevit-xxsmall_8xb128_in1k.py', 'cls mobile', 64),
     _e('mmpretrain', 'vision_transformer/vit-base-p16_64xb64_in1k.py', 'cls transformer', 64),
     _e('mmpretrain', 'deit/deit-tiny_4xb256_in1k.py', 'cls transformer', 64),
-    _e('mmpretrain', 'swin_transformer/swin-tiny_16xb64_in1k.py', 'cls transformer', 64),
+    # Swin's last stage (1/32) must hold its 7 x 7 window; MAE's position table is 14 x 14
+    _e('mmpretrain', 'swin_transformer/swin-tiny_16xb64_in1k.py', 'cls transformer', 224),
     # mmpretrain: self-supervised
     _e('mmpretrain', 'mocov2/mocov2_resnet50_8xb32-coslr-200e_in1k.py', 'self-sup', 64),
     _e('mmpretrain', 'simclr/simclr_resnet50_8xb32-coslr-200e_in1k.py', 'self-sup', 64),
@@ -146,7 +149,7 @@ ZOO: Tuple[Entry, ...] = (
     _e('mmpretrain', 'swav/swav_resnet50_8xb32-mcrop-coslr-200e_in1k-224px-96px.py',
        'self-sup', 64),
     _e('mmpretrain', 'mocov3/mocov3_vit-small-p16_16xb256-amp-coslr-300e_in1k.py', 'self-sup', 64),
-    _e('mmpretrain', 'mae/mae_vit-base-p16_8xb512-amp-coslr-300e_in1k.py', 'self-sup', 64),
+    _e('mmpretrain', 'mae/mae_vit-base-p16_8xb512-amp-coslr-300e_in1k.py', 'self-sup', 224),
 )
 
 #: Named subsets. ``ci``: one small model per failure class once seen (in-place ops on a
@@ -154,7 +157,7 @@ ZOO: Tuple[Entry, ...] = (
 SUBSETS: Dict[str, Tuple[str, ...]] = {
     'ci': ('deit-tiny_4xb256_in1k', 'segnext_mscan-t_1xb16-adamw-160k_ade20k-512x512',
            'bisenetv2_fcn_4xb4-160k_cityscapes-1024x1024', 'mobilenet-v3-small_8xb128_in1k',
-           'detr_r50_8xb2-150e_coco'),
+           'detr_r50_8xb2-150e_coco', 'faster-rcnn_r50_fpn_1x_coco', 'yolact_r50_1xb8-55e_coco'),
 }
 
 LEVELS = ('L0', 'L2', 'L3')
@@ -301,14 +304,16 @@ def _image(rng: np.random.RandomState, size: int) -> torch.Tensor:
 
 
 def det_batch(cfg: Any, size: int, batch: int, seed: int) -> dict:
-    """``mmdet.testing.demo_mm_inputs``-style inputs, seeded: 1-6 boxes per image with labels
-    and bitmap masks."""
+    """``mmdet.testing.demo_mm_inputs``-style inputs, seeded: 1-6 boxes per image with labels,
+    and bitmap masks where the config's training pipeline loads them (RTMDet's assigner reads
+    masks when present, and only as a tensor)."""
     from mmdet.structures import DetDataSample
     from mmdet.structures.mask import BitmapMasks
     from mmengine.structures import InstanceData
 
     rng = np.random.RandomState(seed)
     num_classes = int(_find(cfg.model, 'num_classes') or 80)
+    with_mask = bool(_find(cfg.get('train_dataloader', {}), 'with_mask'))
     inputs, samples = [], []
     for idx in range(batch):
         inputs.append(_image(rng, size))
@@ -326,7 +331,8 @@ def det_batch(cfg: Any, size: int, batch: int, seed: int) -> dict:
         gt = InstanceData()
         gt.bboxes = torch.tensor(boxes, dtype=torch.float32)
         gt.labels = torch.tensor(rng.randint(0, num_classes, n), dtype=torch.long)
-        gt.masks = BitmapMasks(masks, size, size)
+        if with_mask:
+            gt.masks = BitmapMasks(masks, size, size)
         sample.gt_instances = gt
         ignored = InstanceData()
         ignored.bboxes = torch.zeros(0, 4)
@@ -490,8 +496,17 @@ def breakdown(a: Dict[str, torch.Tensor], ref: Dict[str, torch.Tensor],
 
 
 def exact_holders(report: Any, top: int = 3) -> List[Tuple[str, int]]:
-    """Modules (two name levels) holding the most bytes counted, largest first."""
-    return sorted(report.by_prefix(2).items(), key=lambda kv: -kv[1])[:top]
+    """Modules (two name levels) holding the most bytes kept exact, largest first."""
+    out: Dict[str, int] = {}
+    for name, n in report.exact_by_module.items():
+        key = '.'.join(name.split('.')[:2]) if name else '(model)'
+        out[key] = out.get(key, 0) + n
+    return sorted(out.items(), key=lambda kv: -kv[1])[:top]
+
+
+def exact_reasons(report: Any, top: int = 3) -> List[Tuple[str, int]]:
+    """Why the bytes kept exact stayed exact (the pack hook's reasons), largest first."""
+    return sorted(report.exact_by_reason.items(), key=lambda kv: -kv[1])[:top]
 
 
 def level_config(text: str) -> CompressionConfig:
@@ -523,7 +538,8 @@ class Result:
     bytes_exact: int = 0
     bytes_l3: int = 0
     exact_share_l3: float = math.nan  # share of the L3 bytes kept exact (uncompressed tensors)
-    exact_top_l3: List[Tuple[str, int]] = field(default_factory=list)
+    exact_top_l3: List[Tuple[str, int]] = field(default_factory=list)  # modules holding them
+    exact_why_l3: List[Tuple[str, int]] = field(default_factory=list)  # why they stayed exact
     breakdowns: Dict[str, List[Tuple[str, float, float]]] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -584,6 +600,7 @@ def check(entry: Entry, batch: int = 2, size: Optional[int] = None, warmup: int 
                 kept = got.saved.by_kind.get('exact', 0)
                 res.exact_share_l3 = kept / max(1, got.saved.total)
                 res.exact_top_l3 = exact_holders(got.saved)
+                res.exact_why_l3 = exact_reasons(got.saved)
     except Exception as exc:  # noqa: BLE001
         res.reason = f'failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}'
         if os.environ.get('ZOO_CHECK_TRACEBACK'):
@@ -727,9 +744,16 @@ def markdown(results: Sequence[Result], command: str, wall: float) -> str:
     low = [r for r in results if ok(r) and r.bytes_ratio < BYTES_EXPLAIN_BELOW]
     if low:
         lines += ['', f'## Under {BYTES_EXPLAIN_BELOW:g}x fewer saved bytes', '']
+        lines += ['What stays exact, by the reason the pack hook kept it (`no grad (data)`: a '
+                  'tensor that does not require grad, never compressed; `exact op: f`: what '
+                  'the op `f`, whose backward divides by or takes the log / root of a saved '
+                  'value, saves), and the modules holding most of it:', '']
         for r in low:
+            why = '; '.join(f'{w} {n / 2**20:.2f} MiB' for w, n in r.exact_why_l3)
+            where = ', '.join(f'`{m}` {n / 2**20:.2f}' for m, n in r.exact_top_l3)
             lines.append(f'* `{r.name}`: {_fmt(r.bytes_ratio, 1)}x; '
-                         f'{100 * r.exact_share_l3:.0f}% of its L3 bytes are tensors kept exact.')
+                         f'{100 * r.exact_share_l3:.0f}% of its L3 bytes kept exact: {why} '
+                         f'(modules, MiB: {where}).')
     return '\n'.join(lines) + '\n'
 
 
