@@ -11,7 +11,10 @@ Run as ``softmax(q k^T * scale + mask) @ v`` instead, every saved tensor enters 
 linearly: ``q``, ``k``, ``v`` (matmul operands) at the level's bits, and the probabilities,
 which the softmax backward multiplies the gradient by elementwise, at the gating bits (as a
 sigmoid's output: :data:`actnn_mm.saved_tensors.GATING_BITS`). The forward result is the same
-function (not bit-identical to the fused kernel); the probabilities take ``L x S`` per head.
+function (not bit-identical to the fused kernel); the probabilities take ``L x S`` per head, so
+for long keys (``S`` beyond ~16x the head dim at 8 bits) the decomposition would keep more bytes
+than the fused kernel does exact: :func:`decomposition_saves_bytes` says which, and the fused
+kernel then runs with what it saves exact.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['ATTENTION_OPS', 'parse_attention_call', 'decomposed_attention']
+__all__ = ['ATTENTION_OPS', 'parse_attention_call', 'decomposed_attention',
+           'decomposition_saves_bytes']
 
 #: ``__name__`` of the torch functions decomposed here.
 ATTENTION_OPS = frozenset({'scaled_dot_product_attention'})
@@ -53,6 +57,18 @@ def parse_attention_call(args: Tuple[Any, ...], kwargs: Dict[str, Any]
     if mask is not None and not isinstance(mask, Tensor):
         return None
     return call
+
+
+def decomposition_saves_bytes(call: Dict[str, Any], bits: float, prob_bits: float) -> bool:
+    """Whether the decomposition at ``bits`` for q, k, v and ``prob_bits`` for the probabilities
+    keeps fewer bytes than the fused kernel keeps exact (q, k, v, output; the row statistics
+    aside)."""
+    q, k, v = call['query'], call['key'], call['value']
+    elem = q.element_size()
+    fused = (2 * q.numel() + k.numel() + v.numel()) * elem
+    rows = q.numel() // q.shape[-1]  # one row of probabilities per query, every head
+    probs = rows * k.shape[-2] * prob_bits / 8
+    return probs + (q.numel() + k.numel() + v.numel()) * bits / 8 < fused
 
 
 def _repeat_kv_heads(q: Tensor, t: Tensor) -> Tensor:

@@ -22,7 +22,8 @@ same engine and config as the Q-layers, except
   of ``p`` is given up for the exact one, which costs no more memory).
   ``F.scaled_dot_product_attention`` of activations runs as matmul / softmax / matmul
   (:mod:`actnn_mm.functional_attention`): the fused kernels recompute ``exp(q k^T - lse)`` from
-  what they save, which turns rounding into an unbounded factor. ``F.log_softmax`` and
+  what they save, which turns rounding into an unbounded factor (for keys so long that the
+  probabilities would outweigh it, the fused op runs, its saves exact). ``F.log_softmax`` and
   ``F.cross_entropy`` of activations save the probabilities, compressed at the gating bits,
   instead of the log-probabilities that torch's backward exponentiates
   (:mod:`actnn_mm.functional_loss`; Faster R-CNN's classifier loss).
@@ -64,7 +65,12 @@ from torch import Tensor, nn
 
 from . import saved_bytes
 from .engine import CompressionConfig, LayerScheme, get_default_config
-from .functional_attention import ATTENTION_OPS, decomposed_attention, parse_attention_call
+from .functional_attention import (
+    ATTENTION_OPS,
+    decomposed_attention,
+    decomposition_saves_bytes,
+    parse_attention_call,
+)
 from .functional_loss import (
     LOSS_OPS,
     cross_entropy_saving_probs,
@@ -321,6 +327,10 @@ class compress_saved_tensors(ContextDecorator):
         call = parse_attention_call(args, kwargs)
         if call is None or not any(self._eligible(call[n]) for n in ('query', 'key', 'value')):
             return None
+        local = self._local
+        if not decomposition_saves_bytes(call, float(local.cfg.bits),
+                                         float(local.gating_cfg.bits)):
+            return None  # long keys: the fused kernel's exact saves are the smaller
         return decomposed_attention(call, gating_scope)
 
     def _loss(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Optional[Tensor]:

@@ -536,3 +536,20 @@ def test_saved_bytes_say_why_a_tensor_stayed_exact() -> None:
     with SavedBytesCounter() as outside:
         (x * x).sum()
     assert outside.report.exact_by_reason == {saved_bytes_module.OUTSIDE: x.numel() * 4}
+
+
+def test_long_keys_keep_fused_attention_exact() -> None:
+    """The decomposition keeps L x S probabilities per head: for keys far longer than the head
+    dim that outweighs the fused kernel's exact saves, which then run (exact gradients)."""
+    torch.manual_seed(0)
+    q = torch.randn(1, 2, 1024, 16, requires_grad=True)
+    k = torch.randn(1, 2, 1024, 16, requires_grad=True)
+    v = torch.randn(1, 2, 1024, 16, requires_grad=True)
+    want = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v).sum(), (q, k, v))
+    with SavedBytesCounter() as exact:
+        F.scaled_dot_product_attention(q, k, v)
+    with SavedBytesCounter() as counter, compress_saved_tensors(L3):
+        y = F.scaled_dot_product_attention(q, k, v)
+    got = torch.autograd.grad(y.sum(), (q, k, v))
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert counter.total <= exact.total
