@@ -95,7 +95,8 @@ def test_input_layers_keep_one_compressed_input(layer: nn.Module) -> None:
         assert counter.by_kind['exact'] == 2 * 8 * 4
     else:
         assert set(counter.report.by_kind) == {'CompressedTensor'}
-    assert counter.total < x.numel() * 4 / 8
+    # SiLU's derivative: >= 4 bits (layers/activation.py)
+    assert counter.total < x.numel() * 4 / (4 if isinstance(layer, QSiLU) else 8)
     y.sum().backward()
 
 
