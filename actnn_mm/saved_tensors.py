@@ -24,7 +24,7 @@ same engine and config as the Q-layers, except
   (:mod:`actnn_mm.functional_attention`): the fused kernels recompute ``exp(q k^T - lse)`` from
   what they save, which turns rounding into an unbounded factor (for keys so long that the
   probabilities would outweigh it, the fused op runs, its saves exact). ``F.log_softmax`` and
-  ``F.cross_entropy`` of activations save the probabilities, compressed at the gating bits,
+  ``F.cross_entropy`` of activations save the probabilities, compressed at the level's bits,
   instead of the log-probabilities that torch's backward exponentiates
   (:mod:`actnn_mm.functional_loss`; Faster R-CNN's classifier loss).
 
@@ -335,13 +335,13 @@ class compress_saved_tensors(ContextDecorator):
 
     def _loss(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Optional[Tensor]:
         """A log-softmax / cross-entropy of an activation whose backward reads the probabilities,
-        saved compressed at the gating bits (:mod:`actnn_mm.functional_loss`), or None: torch's
-        op runs, what it saves exact."""
+        saved compressed at the level's bits (:mod:`actnn_mm.functional_loss`), or None:
+        torch's op runs, what it saves exact."""
         if not torch.is_grad_enabled() or not self._local.cfg.enabled:
             return None
 
         def pack(p: Tensor) -> Any:
-            return self._compress(p, gating=self._local.gating_cfg is not self._local.cfg)
+            return self._compress(p, gating=False)  # one bounded step, averaged by the weights
 
         if name == 'log_softmax':
             parsed = parse_log_softmax_call(args, kwargs)

@@ -111,12 +111,12 @@ def test_classifier_gradient_stays_close_with_compressed_probabilities(fn: str,
                                                                        level: str) -> None:
     """Torch's log-softmax saves log-probabilities and exponentiates them in backward: rounded
     at 4 / 2 bits the feature gradient was off by 0.40 / 1.9 of its norm (Faster R-CNN's L3
-    gradient error 6.2x the minibatch noise). The probabilities, saved at the gating bits,
-    enter the backward linearly."""
+    gradient error 6.2x the minibatch noise). The probabilities, saved at the level's bits,
+    enter the backward linearly: 0.04 / 0.16, unbiased."""
     exact, _ = _classifier(fn, None)
     got, _ = _classifier(fn, CompressionConfig.from_level(level, min_numel=64))
     assert torch.isfinite(got).all()
-    assert _rel(got, exact) < 0.02
+    assert _rel(got, exact) < (0.08 if level == 'L2' else 0.3)
 
 
 def test_probabilities_are_saved_compressed() -> None:
@@ -129,7 +129,7 @@ def test_probabilities_are_saved_compressed() -> None:
     with SavedBytesCounter() as counter, compress_saved_tensors(CompressionConfig.from_level('L3')):
         loss = F.cross_entropy(logits * 1, target)
     loss.backward()
-    assert exact.total / counter.total > 3  # 8-bit probabilities next to fp32 log-probabilities
+    assert exact.total / counter.total > 8  # 2-bit probabilities next to fp32 log-probabilities
     assert torch.isfinite(logits.grad).all()
 
 
