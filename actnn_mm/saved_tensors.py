@@ -35,8 +35,10 @@ gradient below it (BiSeNetV2's guided aggregation, ``detail * sigmoid(semantic)`
 gradient error 2.8x the minibatch noise, as the whole semantic branch's gradient passes the
 gates; at 8 bits 1.4x, for 1.4% more saved bytes).
 
-Only tensors that require grad are compressed: what autograd saves without grad is data that
-ops may need exact (an input image, RoI boxes for RoIAlign, sampling grids, masks, noise).
+Only tensors that require grad are compressed, and the float operands of products
+(:data:`PRODUCT_OPS`), which only multiply the other operand's gradient (MoCo's 65536-key
+queue, a focal loss's one-hot targets): what other ops save without grad is data that they may
+need exact (RoI boxes for RoIAlign, sampling grids, masks, noise).
 
 A ReLU (``F.relu``, ``torch.relu_``, an unconverted ``nn.ReLU``) saves its output only to test
 ``output <= 0`` in backward: its own save becomes an exact 1-bit mask (quantizing it would flip
@@ -57,7 +59,7 @@ ReLU special case), ``keep_exact`` (modules left exact).
 from __future__ import annotations
 
 import threading
-from contextlib import ContextDecorator, contextmanager
+from contextlib import AbstractContextManager, ContextDecorator, contextmanager, nullcontext
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -111,27 +113,67 @@ EXACT_OPS = frozenset({
 #: call to the mode, its products of activations (q k^T, attention @ v) and softmax inside it:
 #: all it saves counts as gating (DETR, 96 px, batch 2, L3: error / noise 0.87 -> 0.12, saved
 #: bytes 12.4 -> 16.3 MiB of 87).
-GATING_OPS = frozenset({'sigmoid', 'sigmoid_', 'tanh', 'tanh_', 'mul', 'mul_', 'multiply',
-                        'multiply_', '__mul__', '__rmul__', '__imul__',
-                        'multi_head_attention_forward'})
+MUL_OPS = frozenset({'mul', 'mul_', 'multiply', 'multiply_', '__mul__', '__rmul__', '__imul__'})
+GATING_OPS = frozenset({'sigmoid', 'sigmoid_', 'tanh', 'tanh_', 'multi_head_attention_forward'}
+                       | MUL_OPS)
 #: Fewest bits (uniform, per tensor) for what :data:`GATING_OPS` save.
 GATING_BITS = 8
+#: Products: an operand that does not require grad (a float target, a one-hot label map, MoCo's
+#: queue of negative keys) is saved only to multiply the other operand's gradient, linearly, so
+#: it is compressed too: at the level's bits when that operand is a parameter (the data feeds its
+#: gradient, a reduction: an input image for the first conv), else at the gating bits: it acts as
+#: an activation gradient's weights, whose rounding no reduction averages (8 mask coefficients at
+#: 2 bits: the prototypes' gradient 0.9 of its norm off). Data other ops save (sampling grids,
+#: boxes, indices) stays exact.
+PRODUCT_OPS = frozenset({
+    'matmul', '__matmul__', '__rmatmul__', 'mm', 'bmm', 'einsum', 'linear', 'bilinear',
+    'conv1d', 'conv2d', 'conv3d', 'conv_transpose1d', 'conv_transpose2d', 'conv_transpose3d',
+    'baddbmm', 'addmm', 'addbmm', 'addmv', 'mv', 'dot', 'inner', 'outer', 'tensordot',
+}) | MUL_OPS
 
-_GATING = threading.local()
+
+class _DepthFlag:
+    """A thread-local depth counter: ``with flag():`` raises it, ``flag.on`` while inside."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @property
+    def on(self) -> bool:
+        return getattr(self._local, 'depth', 0) > 0
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        self._local.depth = getattr(self._local, 'depth', 0) + 1
+        try:
+            yield
+        finally:
+            self._local.depth -= 1
+
+
+_GATING = _DepthFlag()
+_PRODUCT = _DepthFlag()  # inside a product: its data operands are compressed
+_DATA_GATED = _DepthFlag()  # ... at the gating bits
+
+
+def _tensor_args(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> List[Tensor]:
+    """The tensors among a call's arguments (one level into lists: ``einsum(eq, [a, b])``)."""
+    out: List[Tensor] = []
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, Tensor):
+            out.append(a)
+        elif isinstance(a, (list, tuple)):
+            out.extend(t for t in a if isinstance(t, Tensor))
+    return out
 
 
 def _in_gating_op() -> bool:
-    return getattr(_GATING, 'depth', 0) > 0
+    return _GATING.on
 
 
-@contextmanager
-def gating_scope() -> Iterator[None]:
+def gating_scope() -> AbstractContextManager:
     """What is saved inside is kept at :data:`GATING_BITS` or more."""
-    _GATING.depth = getattr(_GATING, 'depth', 0) + 1
-    try:
-        yield
-    finally:
-        _GATING.depth -= 1
+    return _GATING()
 
 
 #: Powers whose exponent decides: ``x ** e`` is exact-kept unless e is an integer >= 1.
@@ -165,7 +207,14 @@ class _ExactOpsMode(torch.overrides.TorchFunctionMode):
         kwargs = kwargs or {}
         name = getattr(func, '__name__', '')
         if name in GATING_OPS:
-            return self._run_gating(func, args, kwargs)
+            return self._run_gating(func, args, kwargs, product=name in MUL_OPS)
+        if name in PRODUCT_OPS:
+            storages = self.owner._local.storages
+            weighted = any(is_param_like(t, storages) for t in _tensor_args(args, kwargs))
+            # With a parameter operand, a data operand feeds its gradient, a reduction: the
+            # level's bits; else it weights an activation's gradient: the gating bits.
+            with _PRODUCT(), (nullcontext() if weighted else _DATA_GATED()):
+                return func(*args, **kwargs)
         if not _keeps_exact(func, args, kwargs):
             return func(*args, **kwargs)
         out = None
@@ -180,12 +229,14 @@ class _ExactOpsMode(torch.overrides.TorchFunctionMode):
         with exact_scope(f'exact op: {name}'):
             return func(*args, **kwargs)
 
-    def _run_gating(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+    def _run_gating(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any],
+                    product: bool) -> Any:
         tensors = [a for a in args[:2] if isinstance(a, Tensor)]
         if len(tensors) == 2 and any(is_param_like(t, self.owner._local.storages)
                                      for t in tensors):
-            return func(*args, **kwargs)  # a parameter operand: the other feeds a reduction
-        with gating_scope():
+            with _PRODUCT() if product else nullcontext():  # the other feeds a reduction
+                return func(*args, **kwargs)
+        with gating_scope(), _PRODUCT() if product else nullcontext(), _DATA_GATED():
             return func(*args, **kwargs)
 
 
@@ -279,6 +330,14 @@ class compress_saved_tensors(ContextDecorator):
         return (t.requires_grad and t.layout == torch.strided and t.is_floating_point()
                 and t.device.type != 'meta' and t.numel() >= local.min_numel
                 and not is_param_like(t, local.storages))
+
+    def _data_operand(self, t: Tensor) -> bool:
+        """A float operand of a product (:data:`PRODUCT_OPS`) that does not require grad: it
+        only multiplies the other operand's gradient."""
+        local = self._local
+        return (_PRODUCT.on and not t.requires_grad and t.layout == torch.strided
+                and t.is_floating_point() and t.device.type != 'meta'
+                and t.numel() >= local.min_numel and not is_param_like(t, local.storages))
 
     def _why_not_eligible(self, t: Tensor) -> str:
         """The saved-bytes reason :meth:`_eligible` refused ``t`` for."""
@@ -376,11 +435,15 @@ class compress_saved_tensors(ContextDecorator):
             mask = pack_nonzero(t)  # != 0: NaN outputs pass the gradient, as in torch
             saved_bytes.record(mask)
             return ReluMask(mask, t.dtype)
+        data = False
         if not self._eligible(t):
-            if not is_param_like(t, self._local.storages):
-                saved_bytes.record(t, self._why_not_eligible(t))
-            return t
-        gating = _in_gating_op() and self._local.gating_cfg is not self._local.cfg
+            data = self._data_operand(t)
+            if not data:
+                if not is_param_like(t, self._local.storages):
+                    saved_bytes.record(t, self._why_not_eligible(t))
+                return t
+        gating = (_in_gating_op() or (data and _DATA_GATED.on)) and \
+            self._local.gating_cfg is not self._local.cfg
         hit = CACHE.get(t)
         if hit is EXACT:
             saved_bytes.record(t, 'kept exact by a Q-layer or another saver')
