@@ -129,6 +129,7 @@ PRODUCT_OPS = frozenset({
     'matmul', '__matmul__', '__rmatmul__', 'mm', 'bmm', 'einsum', 'linear', 'bilinear',
     'conv1d', 'conv2d', 'conv3d', 'conv_transpose1d', 'conv_transpose2d', 'conv_transpose3d',
     'baddbmm', 'addmm', 'addbmm', 'addmv', 'mv', 'dot', 'inner', 'outer', 'tensordot',
+    'binary_cross_entropy_with_logits',  # grad * (sigmoid(x) - t) * w: linear in t and w
 }) | MUL_OPS
 
 
