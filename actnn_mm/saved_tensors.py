@@ -208,7 +208,12 @@ class _ExactOpsMode(torch.overrides.TorchFunctionMode):
         kwargs = kwargs or {}
         name = getattr(func, '__name__', '')
         if name in GATING_OPS:
-            return self._run_gating(func, args, kwargs, product=name in MUL_OPS)
+            return self._run_gating(func, args, kwargs, product=name in MUL_OPS and
+                                    not torch.compiler.is_compiling())
+        if name in PRODUCT_OPS and torch.compiler.is_compiling():
+            # Traced, the scope's thread-local change would apply around the whole compiled
+            # graph, whose intermediates (saved without grad) must stay exact.
+            return func(*args, **kwargs)
         if name in PRODUCT_OPS:
             storages = self.owner._local.storages
             weighted = any(is_param_like(t, storages) for t in _tensor_args(args, kwargs))
