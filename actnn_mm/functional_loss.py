@@ -155,13 +155,12 @@ class _CrossEntropy(torch.autograd.Function):
         ctx.saved = None
         dtype = torch.promote_types(p.dtype, torch.float32)
         p, grad = p.to(dtype), grad.to(dtype)
-        cd, eps, ndim = call['class_dim'], float(call['label_smoothing']), p.dim()
-        classes = p.shape[cd]
+        cd, eps = call['class_dim'], float(call['label_smoothing'])
         w = weight.to(dtype) if weight is not None else None
         if target.is_floating_point():
             dx = _soft_target_grad(p, target.to(dtype), w, grad, call['reduction'], eps, cd)
         else:
-            dx = _index_target_grad(p, target, w, grad, call['reduction'], eps, cd, classes, ndim,
+            dx = _index_target_grad(p, target, w, grad, call['reduction'], eps, cd,
                                     call['ignore_index'])
         return dx.to(ctx.x_dtype), None, None, None, None, None
 
@@ -182,11 +181,11 @@ def _soft_target_grad(p: Tensor, t: Tensor, w: Optional[Tensor], grad: Tensor, r
 
 
 def _index_target_grad(p: Tensor, target: Tensor, w: Optional[Tensor], grad: Tensor,
-                       reduction: str, eps: float, cd: int, classes: int, ndim: int,
-                       ignore_index: int) -> Tensor:
+                       reduction: str, eps: float, cd: int, ignore_index: int) -> Tensor:
     """d loss / d x for class-index targets, label smoothing ``eps``: per sample
     ``l = -(1 - eps) w_y logp_y - eps / C * sum_c w_c logp_c`` (zero where ignored), so
     ``dl/dx_c = p_c ((1 - eps) w_y + eps / C * sum w) - (1 - eps) w_y [c = y] - eps / C w_c``."""
+    classes, ndim = p.shape[cd], p.dim()
     target = target.long()
     valid = target != ignore_index
     safe = torch.where(valid, target, torch.zeros((), dtype=target.dtype, device=target.device))

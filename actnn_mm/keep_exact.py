@@ -16,6 +16,7 @@ _EXACT = threading.local()
 
 
 def _reasons() -> List[str]:
+    """The open exact scopes and modules, innermost last: why saves stay exact now."""
     reasons = getattr(_EXACT, 'reasons', None)
     if reasons is None:
         reasons = _EXACT.reasons = []
@@ -35,7 +36,6 @@ class _ExactEnter:
 
     @run_eagerly
     def __call__(self, module: nn.Module, args: Any) -> None:
-        _EXACT.depth = getattr(_EXACT, 'depth', 0) + 1
         _reasons().append(f'kept-exact module ({type(module).__name__})')
 
 
@@ -44,7 +44,6 @@ class _ExactExit:
 
     @run_eagerly
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        _EXACT.depth = max(0, getattr(_EXACT, 'depth', 0) - 1)
         reasons = _reasons()
         if reasons:
             reasons.pop()
@@ -77,7 +76,7 @@ def remove_keep_exact(module: nn.Module) -> bool:
 
 def in_exact_module() -> bool:
     """Whether the forward running now is inside a module marked by :func:`keep_exact`."""
-    return getattr(_EXACT, 'depth', 0) > 0
+    return bool(_reasons())
 
 
 def exact_reason() -> str:
@@ -90,11 +89,9 @@ def exact_reason() -> str:
 def exact_scope(why: str = 'kept-exact scope') -> Iterator[None]:
     """What is saved inside stays exact, as inside a :func:`keep_exact` module; ``why`` is what
     the saved-bytes counters report it under."""
-    _EXACT.depth = getattr(_EXACT, 'depth', 0) + 1
     reasons = _reasons()
     reasons.append(why)
     try:
         yield
     finally:
-        _EXACT.depth -= 1
         reasons.pop()

@@ -207,14 +207,12 @@ class _ExactOpsMode(torch.overrides.TorchFunctionMode):
                            kwargs: Optional[Dict[str, Any]] = None) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, '__name__', '')
+        # Traced by dynamo, a product scope's thread-local change would apply around the whole
+        # compiled graph, whose intermediates (saved without grad) must stay exact.
+        product = name in PRODUCT_OPS and not torch.compiler.is_compiling()
         if name in GATING_OPS:
-            return self._run_gating(func, args, kwargs, product=name in MUL_OPS and
-                                    not torch.compiler.is_compiling())
-        if name in PRODUCT_OPS and torch.compiler.is_compiling():
-            # Traced, the scope's thread-local change would apply around the whole compiled
-            # graph, whose intermediates (saved without grad) must stay exact.
-            return func(*args, **kwargs)
-        if name in PRODUCT_OPS:
+            return self._run_gating(func, args, kwargs, product=product)
+        if product:
             storages = self.owner._local.storages
             weighted = any(is_param_like(t, storages) for t in _tensor_args(args, kwargs))
             # With a parameter operand, a data operand feeds its gradient, a reduction: the
@@ -330,19 +328,19 @@ class compress_saved_tensors(ContextDecorator):
 
     # -- hooks --------------------------------------------------------------------------------
     def _eligible(self, t: Tensor) -> bool:
-        local = self._local
         # Only differentiable activations: a saved tensor that does not require grad is data
-        # (an input image, RoI boxes, sampling grids, masks, noise) that ops may need exact.
-        return (t.requires_grad and t.layout == torch.strided and t.is_floating_point()
-                and t.device.type != 'meta' and t.numel() >= local.min_numel
-                and not is_param_like(t, local.storages))
+        # (RoI boxes, sampling grids, masks, noise) that ops may need exact.
+        return t.requires_grad and self._compressible(t)
 
     def _data_operand(self, t: Tensor) -> bool:
         """A float operand of a product (:data:`PRODUCT_OPS`) that does not require grad: it
         only multiplies the other operand's gradient."""
+        return _PRODUCT.on and not t.requires_grad and self._compressible(t)
+
+    def _compressible(self, t: Tensor) -> bool:
+        """A strided float tensor of at least ``min_numel`` elements, not a parameter."""
         local = self._local
-        return (_PRODUCT.on and not t.requires_grad and t.layout == torch.strided
-                and t.is_floating_point() and t.device.type != 'meta'
+        return (t.layout == torch.strided and t.is_floating_point() and t.device.type != 'meta'
                 and t.numel() >= local.min_numel and not is_param_like(t, local.storages))
 
     def _why_not_eligible(self, t: Tensor) -> str:
