@@ -67,6 +67,26 @@ def save_bn_input(ctx: Any, x: Tensor, mean: Tensor, invstd: Tensor, scheme: Any
     ctx.normalized = ctx.packed is not None
 
 
+def save_block_normalized_input(ctx: Any, x: Tensor, mean: Tensor, rstd: Tensor, block: int,
+                                scheme: Any, broadcast: Any) -> None:
+    """:func:`save_normalized_input` for layer / group norm, whose statistics hold one value
+    per run of ``block`` consecutive elements (a row; a sample's group of channels): for a
+    contiguous x the normalisation runs inside the compression kernel (an ``Affine`` per
+    block), no elementwise ops and no x_hat tensor. Other layouts normalise with elementwise
+    ops first (``broadcast()`` gives the statistics shaped to broadcast against x).
+    ``ctx.normalized`` is False when x is kept exact as it is."""
+    if scheme_is_exact(scheme, x) is True:
+        save_input(ctx, x, scheme)
+        ctx.normalized = False
+        return
+    if not x.is_contiguous():
+        save_normalized_input(ctx, x, *broadcast(), scheme)
+        return
+    save_input(ctx, x, scheme, affine=Affine(mean.reshape(-1), rstd.reshape(-1), dim=None,
+                                             block=block))
+    ctx.normalized = ctx.packed is not None
+
+
 def bn_backward_args(ctx: Any, weight: Optional[Tensor], mean: Tensor,
                      invstd: Tensor) -> Tuple[Optional[Tensor], Tensor, Tensor]:
     """(weight, mean, invstd) for the backward ops given what :func:`save_bn_input` kept: for a
@@ -334,7 +354,8 @@ class _LayerNormFunction(AmpFunction):
                 bias: Optional[Tensor], eps: float, scheme: Any) -> Tensor:
         out, mean, rstd = torch.ops.aten.native_layer_norm(x, normalized_shape, weight, bias,
                                                            eps)
-        save_normalized_input(ctx, x, mean, rstd, scheme)  # per-row stats broadcast against x
+        save_block_normalized_input(ctx, x, mean, rstd, math.prod(normalized_shape), scheme,
+                                    lambda: (mean, rstd))  # per-row stats broadcast against x
         ctx.save_for_backward(ctx.x_exact, weight, bias, mean, rstd)
         ctx.x_exact = None
         ctx.normalized_shape = normalized_shape
@@ -393,8 +414,9 @@ class _GroupNormFunction(AmpFunction):
         x = x.contiguous(memory_format=mf)
         out, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, n, c, hxw,
                                                            num_groups, eps)
-        save_normalized_input(ctx, x, per_group(mean, x, num_groups),
-                              per_group(rstd, x, num_groups), scheme)
+        save_block_normalized_input(
+            ctx, x, mean, rstd, c // num_groups * hxw, scheme,
+            lambda: (per_group(mean, x, num_groups), per_group(rstd, x, num_groups)))
         ctx.save_for_backward(ctx.x_exact, weight, mean, rstd)
         ctx.x_exact = None
         ctx.conf = (n, c, hxw, num_groups, mf)
