@@ -54,14 +54,18 @@ def philox_words(seed: int, offset: int, counters: torch.Tensor) -> torch.Tensor
 
 
 def uniform_from_words(words: torch.Tensor) -> torch.Tensor:
-    """Exact uniforms in [0, 1): top 24 bits times 2^-24, as in ``actnn::uniform01``."""
-    return (words >> 8).to(torch.float32) * 5.9604644775390625e-08
+    """Uniforms from the 16-bit halves of each word, low half first: (2h + 1) * 2^-17, as in
+    ``actnn::uniform16`` (exact in fp32; the midpoints of 2^16 equal cells of [0, 1), so
+    stochastic rounding with them is unbiased up to 2^-17 of a step). Shape [..., 2 * W]."""
+    halves = torch.stack((words & 0xFFFF, words >> 16), dim=-1).flatten(-2)
+    return (2 * halves + 1).to(torch.float32) * 7.62939453125e-06
 
 
 def philox_uniform(seed: int, offset: int, first_element: int, numel: int,
                    device: torch.device | str = 'cpu') -> torch.Tensor:
-    """Uniforms for elements ``first_element ..`` of the stream (first_element % 4 == 0)."""
-    assert first_element % 4 == 0 and numel % 4 == 0
-    ctr = torch.arange(first_element // 4, (first_element + numel) // 4, dtype=torch.int64,
+    """Uniforms for elements ``first_element ..`` of the stream (first_element % 8 == 0):
+    element e takes 16-bit half e % 2 of word (e % 8) // 2 of call e // 8."""
+    assert first_element % 8 == 0 and numel % 8 == 0
+    ctr = torch.arange(first_element // 8, (first_element + numel) // 8, dtype=torch.int64,
                        device=device)
     return uniform_from_words(philox_words(seed, offset, ctr)).reshape(-1)

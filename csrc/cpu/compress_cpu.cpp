@@ -4,8 +4,8 @@
 //   allocation: the k cheapest (sample, bit) items by unique key (bits and byte offsets)
 //   statistics for the cross-layer allocator, accumulated into a caller-owned tensor
 //   pass 2 (per group, parallel): load again, quantize, pack, (min, step)
-// Uniform bits without statistics skip pass 1 (one read of x). Every step mirrors
-// actnn_mm/engine/reference.py (compress) operation for operation.
+// Uniform bits skip pass 1 (one read of x; the statistic comes from the ranges after). Every step
+// mirrors actnn_mm/engine/reference.py (compress) operation for operation.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -34,18 +34,25 @@ inline void load_transformed(const T* x, int64_t e0, int64_t len, const Affine& 
   const T* src = x + e0;
   for (int64_t j = 0; j < len; ++j) buf[j] = to_f(src[j]);
   if (a.shift != nullptr) {
-    int64_t q = e0 / a.inner;
-    int64_t r = e0 - q * a.inner;
-    int64_t c = q % a.period;
-    for (int64_t j = 0; j < len; ++j) {
-      float v = affine_value(buf[j], a.shift[c], a.scale[c]);
-      if constexpr (!std::is_same_v<T, float>) v = to_f(static_cast<T>(v));
-      buf[j] = v;
-      if (++r == a.inner) {
+    // Runs of elements with one (shift, scale) (inner > 1), or of consecutive channels.
+    const int64_t q = e0 / a.inner;
+    int64_t r = e0 - q * a.inner, c = q % a.period;
+    for (int64_t j = 0; j < len;) {
+      if (a.inner == 1) {
+        const int64_t n = std::min<int64_t>(len - j, a.period - c);
+        affine_each(buf + j, n, a.shift + c, a.scale + c);
+        j += n;
+        c = 0;
+      } else {
+        const int64_t n = std::min<int64_t>(len - j, a.inner - r);
+        affine_run(buf + j, n, a.shift[c], a.scale[c]);
+        j += n;
         r = 0;
         if (++c == a.period) c = 0;
       }
     }
+    if constexpr (!std::is_same_v<T, float>)
+      for (int64_t j = 0; j < len; ++j) buf[j] = to_f(static_cast<T>(buf[j]));
   }
   reduce_group(buf, len, mn, mx, bad);
 }
@@ -76,6 +83,30 @@ void allocate_bits(const float* rsq, const CompressPlan& p, int32_t* bits) {
   }
 }
 
+// Per sample n: the sum over its groups, in group order, of (max - min)^2, where group gi's
+// max - min is minmax[stride * gi + 1] - minmax[stride * gi] (stride 2: (min, max) pairs) or,
+// with stride 1, the range itself (then minmax[gi] is the range and the "min" reads as 0).
+void sample_sensitivity(const float* minmax, int stride, const Layout& l, float* rsq) {
+  at::parallel_for(0, l.N, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      float acc = 0.0f;
+      for (int64_t g = 0; g < l.Gs; ++g) {
+        const float* m = minmax + stride * (n * l.Gs + g);
+        const float r = stride == 2 ? f_sub(m[1], m[0]) : m[0];
+        acc = f_add(acc, f_mul(r, r));
+      }
+      rsq[n] = acc;
+    }
+  });
+}
+
+// stats[0] += mean over samples of the cleaned sensitivity, times factor.
+void add_stat(const float* rsq, int64_t n, float* stats, float factor) {
+  float s = 0.0f;
+  for (int64_t i = 0; i < n; ++i) s = f_add(s, clean_stat(rsq[i]));
+  stats[0] = f_add(stats[0], f_mul(f_div(s, static_cast<float>(n)), factor));
+}
+
 template <typename T>
 void compress_kernel(const T* x, const CompressPlan& p, const Affine& a, bool stochastic,
                      uint64_t seed, uint64_t offset, float* stats, float stats_factor,
@@ -83,9 +114,10 @@ void compress_kernel(const T* x, const CompressPlan& p, const Affine& a, bool st
   const Layout& l = p.l;
   const int64_t G = l.G;
   const int64_t group_bytes_per_bit = G / 8;
-  if (!p.per_sample && !p.stats) {
-    // One read of x: min/max and quantization per group.
+  if (!p.per_sample) {
+    // One read of x: min/max and quantization per group; the statistic after, from the ranges.
     const int b = p.bits;
+    std::vector<float> ranges(static_cast<size_t>(p.stats ? l.groups() : 0));
     at::parallel_for(0, l.groups(), kGrain, [&](int64_t begin, int64_t end) {
       float buf[kMaxGroupSize];
       for (int64_t gi = begin; gi < end; ++gi) {
@@ -97,10 +129,16 @@ void compress_kernel(const T* x, const CompressPlan& p, const Affine& a, bool st
         const GroupParams gp = group_params(mn, mx, bad, b);
         meta[2 * gi] = gp.mn;
         meta[2 * gi + 1] = gp.step;
+        if (stats != nullptr) ranges[gi] = bad ? NAN : f_sub(f_add(mx, 0.0f), f_add(mn, 0.0f));
         quantize_pack_group(buf, len, G, gp.mn, gp.scale, gp.bad, b, stochastic, seed, offset, gi,
                             payload + gi * group_bytes_per_bit * b);
       }
     });
+    if (stats != nullptr) {
+      std::vector<float> rsq(static_cast<size_t>(l.N));
+      sample_sensitivity(ranges.data(), 1, l, rsq.data());
+      add_stat(rsq.data(), l.N, stats, stats_factor);
+    }
     return;
   }
   // Pass 1: (min, max) per group into meta, NaN for groups with non-finite values.
@@ -118,22 +156,8 @@ void compress_kernel(const T* x, const CompressPlan& p, const Affine& a, bool st
   });
   // Sensitivity per sample: sum of squared ranges, in group order.
   std::vector<float> rsq(static_cast<size_t>(l.N));
-  at::parallel_for(0, l.N, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      float acc = 0.0f;
-      for (int64_t g = 0; g < l.Gs; ++g) {
-        const float* m = meta + 2 * (n * l.Gs + g);
-        const float r = f_sub(m[1], m[0]);
-        acc = f_add(acc, f_mul(r, r));
-      }
-      rsq[n] = acc;
-    }
-  });
-  if (stats != nullptr) {
-    float s = 0.0f;
-    for (int64_t n = 0; n < l.N; ++n) s = f_add(s, clean_stat(rsq[n]));
-    stats[0] = f_add(stats[0], f_mul(f_div(s, static_cast<float>(l.N)), stats_factor));
-  }
+  sample_sensitivity(meta, 2, l, rsq.data());
+  if (stats != nullptr) add_stat(rsq.data(), l.N, stats, stats_factor);
   if (p.per_sample) {
     allocate_bits(rsq.data(), p, sample_bits);
     int64_t acc = 0;

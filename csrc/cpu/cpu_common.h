@@ -10,9 +10,9 @@
 #include "checks.h"
 #include "quant_common.h"
 
-// Hand-vectorised AVX-512 paths (intrinsics in target("avx512f") functions, taken when
-// cpu_has_avx512f()) and compiler-cloned loops (AVX-512, AVX2, baseline x86-64; GCC's
-// target_clones picks one when the library loads).
+// Hand-vectorised AVX-512 and AVX2 paths (intrinsics in target("avx512f") / target("avx2")
+// functions, taken when cpu_has_avx512f() / cpu_has_avx2()) and compiler-cloned loops (AVX-512,
+// AVX2, baseline x86-64; GCC's target_clones picks one when the library loads).
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define ACTNN_X86_AVX512 1
@@ -44,6 +44,16 @@ inline float to_f(T v) {
   return static_cast<float>(v);
 }
 
+// Whether this CPU runs AVX2 code (checked once).
+inline bool cpu_has_avx2() {
+#ifdef ACTNN_X86_AVX512
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+#else
+  return false;
+#endif
+}
+
 // Load the valid elements of one group as fp32 and reduce them to (min, max, any non-finite).
 // The per-group hot loops, compiled for AVX-512, AVX2 and baseline x86-64 and picked at load
 // time (group_kernels.cpp); same IEEE operations on every path, so the same bytes.
@@ -52,6 +62,10 @@ void reduce_group(const float* buf, int64_t len, float& mn, float& mx, bool& bad
 void quantize_pack_group(const float* buf, int64_t len, int64_t G, float mn, float scale, bool bad,
                          int b, bool stochastic, uint64_t seed, uint64_t offset, int64_t gi,
                          uint8_t* out);
+// buf[j] = (buf[j] - shift) * scale for j < n (one channel's run of a normalised input).
+void affine_run(float* buf, int64_t n, float shift, float scale);
+// buf[j] = (buf[j] - shift[j]) * scale[j] for j < n (consecutive channels, channels_last).
+void affine_each(float* buf, int64_t n, const float* shift, const float* scale);
 // Unpack `len` codes of b bits and dequantize them (q * step + mn) into out.
 void unpack_dequantize_group(const uint8_t* src, int b, int64_t len, float mn, float step,
                              float* out);
@@ -62,12 +76,13 @@ inline void load_group(const T* src, int64_t len, float* buf, float& mn, float& 
   reduce_group(buf, len, mn, mx, bad);
 }
 
-// Uniforms for the group's G elements: calls ctr0 .. ctr0 + G/4 - 1 of the stream, evaluated
+// Random words of calls ctr0 .. ctr0 + calls - 1 of the stream, call k's four words at
+// w[4k .. 4k + 3] (read as uint16, element e of the group takes half e: uniform16), evaluated
 // round by round over all calls (structure of arrays) so the compiler vectorises the rounds.
-inline void philox_uniforms(uint64_t seed, uint64_t offset, uint64_t ctr0, int64_t calls,
-                            float* u) {
-  uint32_t c0[kMaxGroupSize / 4], c1[kMaxGroupSize / 4], c2[kMaxGroupSize / 4],
-      c3[kMaxGroupSize / 4];
+inline void philox_words(uint64_t seed, uint64_t offset, uint64_t ctr0, int64_t calls,
+                         uint32_t* w) {
+  uint32_t c0[kMaxGroupSize / 8], c1[kMaxGroupSize / 8], c2[kMaxGroupSize / 8],
+      c3[kMaxGroupSize / 8];
   for (int64_t k = 0; k < calls; ++k) {
     const uint64_t c = ctr0 + static_cast<uint64_t>(k);
     c0[k] = static_cast<uint32_t>(c);
@@ -81,10 +96,10 @@ inline void philox_uniforms(uint64_t seed, uint64_t offset, uint64_t ctr0, int64
     for (int64_t k = 0; k < calls; ++k) philox_round(c0[k], c1[k], c2[k], c3[k], k0, k1);
   }
   for (int64_t k = 0; k < calls; ++k) {
-    u[4 * k] = uniform01(c0[k]);
-    u[4 * k + 1] = uniform01(c1[k]);
-    u[4 * k + 2] = uniform01(c2[k]);
-    u[4 * k + 3] = uniform01(c3[k]);
+    w[4 * k] = c0[k];
+    w[4 * k + 1] = c1[k];
+    w[4 * k + 2] = c2[k];
+    w[4 * k + 3] = c3[k];
   }
 }
 

@@ -1,5 +1,6 @@
-// The per-group hot loops of the CPU kernels, each compiled three times (AVX-512, AVX2,
-// baseline x86-64; GCC's target_clones picks one when the library loads). The loops are plain
+// The per-group hot loops of the CPU kernels: hand-vectorised AVX-512 / AVX2 paths where the CPU
+// has them, else loops compiled three times (AVX-512, AVX2, baseline x86-64; GCC's
+// target_clones picks one when the library loads). The loops are plain
 // structure-of-arrays code the compiler vectorises: min/max, the Philox rounds over a group's
 // calls, quantization, bit packing and unpacking. Vector width changes nothing in the results:
 // the same IEEE operations (no FMA: -ffp-contract=off), the same integer arithmetic.
@@ -12,81 +13,6 @@ namespace actnn {
 namespace cpu {
 
 #ifdef ACTNN_X86_AVX512
-// Philox 4x32-10 for 16 consecutive calls at once (one call per 32-bit lane): the same rounds
-// as philox.h, with the 32x32 -> 64-bit products split into even and odd lanes.
-__attribute__((target("avx512f"))) static inline void mulhilo16(__m512i a, __m512i m, __m512i& hi,
-                                                                __m512i& lo) {
-  const __m512i even = _mm512_mul_epu32(a, m);
-  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
-  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-}
-
-__attribute__((target("avx512f"))) static inline __m512 lo_pd(__m512 x, __m512 y) {
-  return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(x), _mm512_castps_pd(y)));
-}
-__attribute__((target("avx512f"))) static inline __m512 hi_pd(__m512 x, __m512 y) {
-  return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(x), _mm512_castps_pd(y)));
-}
-
-// Uniforms of calls ctr0 .. ctr0 + calls - 1 (the layout of philox_uniforms in cpu_common.h).
-__attribute__((target("avx512f"))) static void philox_uniforms_avx512(uint64_t seed,
-                                                                      uint64_t offset,
-                                                                      uint64_t ctr0, int64_t calls,
-                                                                      float* u) {
-  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kPhiloxM0));
-  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(kPhiloxM1));
-  const __m512 to_unit = _mm512_set1_ps(5.9604644775390625e-08f);
-  int64_t k = 0;
-  for (; k + 16 <= calls; k += 16) {
-    const uint64_t c = ctr0 + static_cast<uint64_t>(k);
-    if ((c & 0xFFFFFFFFu) > 0xFFFFFFFFu - 15u) break;  // low word wraps inside the block
-    __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(c)), iota);
-    __m512i c1 = _mm512_set1_epi32(static_cast<int>(c >> 32));
-    __m512i c2 = _mm512_set1_epi32(static_cast<int>(offset));
-    __m512i c3 = _mm512_set1_epi32(static_cast<int>(offset >> 32));
-    for (int r = 0; r < 10; ++r) {
-      uint32_t k0, k1;
-      philox_round_key(static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32), r, k0, k1);
-      __m512i hi0, lo0, hi1, lo1;
-      mulhilo16(c0, m0, hi0, lo0);
-      mulhilo16(c2, m1, hi1, lo1);
-      const __m512i n0 =
-          _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
-      const __m512i n2 =
-          _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
-      c0 = n0;
-      c1 = lo1;
-      c2 = n2;
-      c3 = lo0;
-    }
-    __m512 f[4];
-    const __m512i words[4] = {c0, c1, c2, c3};
-    for (int j = 0; j < 4; ++j)
-      f[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(words[j], 8)), to_unit);
-    // Interleave to u[4 * call + word]: per 128-bit lane, then a 4 x 4 transpose of lanes.
-    const __m512 a_lo = _mm512_unpacklo_ps(f[0], f[1]), a_hi = _mm512_unpackhi_ps(f[0], f[1]);
-    const __m512 b_lo = _mm512_unpacklo_ps(f[2], f[3]), b_hi = _mm512_unpackhi_ps(f[2], f[3]);
-    const __m512 t0 = lo_pd(a_lo, b_lo), t1 = hi_pd(a_lo, b_lo);
-    const __m512 t2 = lo_pd(a_hi, b_hi), t3 = hi_pd(a_hi, b_hi);
-    const __m512 s0 = _mm512_shuffle_f32x4(t0, t1, _MM_SHUFFLE(1, 0, 1, 0));
-    const __m512 s1 = _mm512_shuffle_f32x4(t2, t3, _MM_SHUFFLE(1, 0, 1, 0));
-    const __m512 s2 = _mm512_shuffle_f32x4(t0, t1, _MM_SHUFFLE(3, 2, 3, 2));
-    const __m512 s3 = _mm512_shuffle_f32x4(t2, t3, _MM_SHUFFLE(3, 2, 3, 2));
-    float* dst = u + 4 * k;
-    _mm512_storeu_ps(dst, _mm512_shuffle_f32x4(s0, s1, _MM_SHUFFLE(2, 0, 2, 0)));
-    _mm512_storeu_ps(dst + 16, _mm512_shuffle_f32x4(s0, s1, _MM_SHUFFLE(3, 1, 3, 1)));
-    _mm512_storeu_ps(dst + 32, _mm512_shuffle_f32x4(s2, s3, _MM_SHUFFLE(2, 0, 2, 0)));
-    _mm512_storeu_ps(dst + 48, _mm512_shuffle_f32x4(s2, s3, _MM_SHUFFLE(3, 1, 3, 1)));
-  }
-  for (; k < calls; ++k) {
-    uint32_t r[4];
-    philox_block(seed, offset, ctr0 + static_cast<uint64_t>(k), r);
-    for (int j = 0; j < 4; ++j) u[4 * k + j] = uniform01(r[j]);
-  }
-}
-
 // Shift of code i within its 32-bit word: 16 codes of b <= 2 bits fill one word, of 4 bits two
 // (codes 0..7 the low word, 8..15 the high one).
 __attribute__((target("avx512f"))) static inline __m512i code_shifts(int b) {
@@ -148,16 +74,209 @@ __attribute__((target("avx512f"))) static int64_t dequantize_avx512(const uint8_
 
 #endif
 
-// philox_uniforms with 16 calls per AVX-512 vector where the CPU has it.
-static inline void group_uniforms(uint64_t seed, uint64_t offset, uint64_t ctr0, int64_t calls,
-                                  float* u) {
 #ifdef ACTNN_X86_AVX512
-  if (cpu_has_avx512f()) {
-    philox_uniforms_avx512(seed, offset, ctr0, calls, u);
+// ---- AVX2 (also taken on AVX-512 CPUs where no AVX-512 twin exists) ----------------------
+
+// Philox 4x32-10 for 8 consecutive calls at once (one call per 32-bit lane): the rounds of
+// philox.h, the 32x32 -> 64-bit products split into even and odd lanes.
+__attribute__((target("avx2"))) static inline void mulhilo8(__m256i a, __m256i m, __m256i& hi,
+                                                            __m256i& lo) {
+  const __m256i even = _mm256_mul_epu32(a, m);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+// Words of calls ctr0 .. ctr0 + calls - 1, call k's at w[4k .. 4k + 3] (philox_words' layout).
+__attribute__((target("avx2"))) static void philox_words_avx2(uint64_t seed, uint64_t offset,
+                                                              uint64_t ctr0, int64_t calls,
+                                                              uint32_t* w) {
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
+  __m256i rk0[10], rk1[10];
+  for (int r = 0; r < 10; ++r) {
+    uint32_t k0, k1;
+    philox_round_key(static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32), r, k0, k1);
+    rk0[r] = _mm256_set1_epi32(static_cast<int>(k0));
+    rk1[r] = _mm256_set1_epi32(static_cast<int>(k1));
+  }
+  const __m256i o0 = _mm256_set1_epi32(static_cast<int>(offset));
+  const __m256i o1 = _mm256_set1_epi32(static_cast<int>(offset >> 32));
+  int64_t k = 0;
+  for (; k + 8 <= calls; k += 8) {
+    const uint64_t c = ctr0 + static_cast<uint64_t>(k);
+    if ((c & 0xFFFFFFFFu) > 0xFFFFFFFFu - 7u) break;  // low word wraps inside the block
+    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(c)), iota);
+    __m256i c1 = _mm256_set1_epi32(static_cast<int>(c >> 32));
+    __m256i c2 = o0, c3 = o1;
+    for (int r = 0; r < 10; ++r) {
+      __m256i hi0, lo0, hi1, lo1;
+      mulhilo8(c0, m0, hi0, lo0);
+      mulhilo8(c2, m1, hi1, lo1);
+      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), rk0[r]);
+      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), rk1[r]);
+      c1 = lo1;
+      c3 = lo0;
+    }
+    // Transpose to w[4 * call + word]: per 128-bit lane, then swap the lanes' halves.
+    const __m256i a_lo = _mm256_unpacklo_epi32(c0, c1), a_hi = _mm256_unpackhi_epi32(c0, c1);
+    const __m256i b_lo = _mm256_unpacklo_epi32(c2, c3), b_hi = _mm256_unpackhi_epi32(c2, c3);
+    const __m256i t0 = _mm256_unpacklo_epi64(a_lo, b_lo);  // calls 0 | 4
+    const __m256i t1 = _mm256_unpackhi_epi64(a_lo, b_lo);  // calls 1 | 5
+    const __m256i t2 = _mm256_unpacklo_epi64(a_hi, b_hi);  // calls 2 | 6
+    const __m256i t3 = _mm256_unpackhi_epi64(a_hi, b_hi);  // calls 3 | 7
+    __m256i* dst = reinterpret_cast<__m256i*>(w + 4 * k);
+    _mm256_storeu_si256(dst, _mm256_permute2x128_si256(t0, t1, 0x20));
+    _mm256_storeu_si256(dst + 1, _mm256_permute2x128_si256(t2, t3, 0x20));
+    _mm256_storeu_si256(dst + 2, _mm256_permute2x128_si256(t0, t1, 0x31));
+    _mm256_storeu_si256(dst + 3, _mm256_permute2x128_si256(t2, t3, 0x31));
+  }
+  for (; k < calls; ++k) philox_block(seed, offset, ctr0 + static_cast<uint64_t>(k), w + 4 * k);
+}
+
+// Codes of elements [0, len & ~7): (x - mn) * scale + u truncated and clamped to B, u from the
+// 16-bit halves h (uniform16) or 0.5 when h is null; the scalar quantize_code's operations.
+__attribute__((target("avx2"))) static int64_t quantize_avx2(const float* buf, int64_t len,
+                                                             float mn, float scale,
+                                                             const uint16_t* h, uint32_t B,
+                                                             uint32_t* q) {
+  const __m256 vmn = _mm256_set1_ps(mn), vscale = _mm256_set1_ps(scale);
+  const __m256 half = _mm256_set1_ps(0.5f), to_unit = _mm256_set1_ps(7.62939453125e-06f);
+  const __m256i one = _mm256_set1_epi32(1), vB = _mm256_set1_epi32(static_cast<int>(B));
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    __m256 u = half;
+    if (h != nullptr) {
+      const __m256i hv =
+          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + j)));
+      u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_or_si256(_mm256_slli_epi32(hv, 1), one)),
+                        to_unit);
+    }
+    const __m256 t =
+        _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(buf + j), vmn), vscale), u);
+    const __m256i code = _mm256_min_epu32(_mm256_cvttps_epi32(t), vB);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + j), code);
+  }
+  return j;
+}
+
+// The b (1, 2 or 4) bytes of 8 packed codes as one word, and back (fixed-size copies).
+static inline uint32_t load_code_word(const uint8_t* src, int b) {
+  if (b == 1) return src[0];
+  if (b == 2) {
+    uint16_t v;
+    memcpy(&v, src, 2);
+    return v;
+  }
+  uint32_t v;
+  memcpy(&v, src, 4);
+  return v;
+}
+
+static inline void store_code_word(uint8_t* dst, uint32_t w, int b) {
+  if (b == 1) {
+    dst[0] = static_cast<uint8_t>(w);
+  } else if (b == 2) {
+    const uint16_t v = static_cast<uint16_t>(w);
+    memcpy(dst, &v, 2);
+  } else {
+    memcpy(dst, &w, 4);
+  }
+}
+
+// OR of the 8 lanes.
+__attribute__((target("avx2"))) static inline uint32_t or_lanes(__m256i v) {
+  __m128i r = _mm_or_si128(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  r = _mm_or_si128(r, _mm_shuffle_epi32(r, 0x4E));
+  r = _mm_or_si128(r, _mm_shuffle_epi32(r, 0xB1));
+  return static_cast<uint32_t>(_mm_cvtsi128_si32(r));
+}
+
+// pack_group for b in {1, 2, 4}: 8 codes (b bytes) per step; `count` is a multiple of 8.
+__attribute__((target("avx2"))) static void pack_avx2(const uint32_t* q, int64_t count, int b,
+                                                      uint8_t* out) {
+  const __m256i shifts =
+      _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(b));
+  for (int64_t j = 0; j < count; j += 8) {
+    const uint32_t w = or_lanes(
+        _mm256_sllv_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + j)), shifts));
+    store_code_word(out + j / 8 * b, w, b);
+  }
+}
+
+// unpack + dequantize for b in {1, 2, 4}: codes index a table of the 2^b values (each the
+// scalar f_add(f_mul(q, step), mn)), 8 per step. Returns how many elements were written.
+__attribute__((target("avx2"))) static int64_t dequantize_avx2(const uint8_t* src, int b,
+                                                               int64_t len, float mn, float step,
+                                                               float* out) {
+  alignas(32) float lut[16];
+  const int levels = 1 << b;
+  for (int q = 0; q < 16; ++q)
+    lut[q] = q < levels ? dequantize_value(static_cast<uint32_t>(q), mn, step) : 0.0f;
+  const __m256 lo_table = _mm256_load_ps(lut), hi_table = _mm256_load_ps(lut + 8);
+  const __m256i mask = _mm256_set1_epi32(levels - 1);
+  const __m256i shifts =
+      _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(b));
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    const uint32_t w = load_code_word(src + j / 8 * b, b);
+    const __m256i codes =
+        _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(w)), shifts), mask);
+    __m256 v = _mm256_permutevar8x32_ps(lo_table, codes);
+    if (b == 4) {  // codes 8..15: the high table, picked by bit 3 (moved to the sign bit)
+      const __m256 hi = _mm256_permutevar8x32_ps(hi_table, codes);
+      v = _mm256_blendv_ps(v, hi, _mm256_castsi256_ps(_mm256_slli_epi32(codes, 28)));
+    }
+    _mm256_storeu_ps(out + j, v);
+  }
+  return j;
+}
+
+// min/max/non-finite over 8 lanes (see reduce_avx512).
+__attribute__((target("avx2"))) static void reduce_avx2(const float* buf, int64_t len, float& mn,
+                                                        float& mx, bool& bad) {
+  __m256 lo = _mm256_set1_ps(buf[0]), hi = lo;
+  __m256 nf = _mm256_setzero_ps();
+  const __m256 zero = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    const __m256 v = _mm256_loadu_ps(buf + j);
+    lo = _mm256_min_ps(lo, v);
+    hi = _mm256_max_ps(hi, v);
+    nf = _mm256_or_ps(nf, _mm256_cmp_ps(_mm256_sub_ps(v, v), zero, _CMP_NEQ_UQ));
+  }
+  alignas(32) float l8[8], h8[8];
+  _mm256_store_ps(l8, lo);
+  _mm256_store_ps(h8, hi);
+  float a = l8[0], z = h8[0];
+  for (int k = 1; k < 8; ++k) {
+    a = l8[k] < a ? l8[k] : a;
+    z = h8[k] > z ? h8[k] : z;
+  }
+  bool any = _mm256_movemask_ps(nf) != 0;
+  for (; j < len; ++j) {
+    const float v = buf[j];
+    a = v < a ? v : a;
+    z = v > z ? v : z;
+    any |= non_finite(v);
+  }
+  mn = a;
+  mx = z;
+  bad = any;
+}
+#endif
+
+// philox_words with 8 calls per AVX2 vector where the CPU has it.
+static inline void group_words(uint64_t seed, uint64_t offset, uint64_t ctr0, int64_t calls,
+                               uint32_t* w) {
+#ifdef ACTNN_X86_AVX512
+  if (cpu_has_avx2()) {
+    philox_words_avx2(seed, offset, ctr0, calls, w);
     return;
   }
 #endif
-  philox_uniforms(seed, offset, ctr0, calls, u);
+  philox_words(seed, offset, ctr0, calls, w);
 }
 
 #ifdef ACTNN_X86_AVX512
@@ -196,6 +315,10 @@ void reduce_group(const float* buf, int64_t len, float& mn, float& mx, bool& bad
     reduce_avx512(buf, len, mn, mx, bad);
     return;
   }
+  if (cpu_has_avx2()) {
+    reduce_avx2(buf, len, mn, mx, bad);
+    return;
+  }
 #endif
   float lo = buf[0], hi = buf[0];
   int nf = 0;
@@ -215,27 +338,43 @@ void quantize_pack_group(const float* buf, int64_t len, int64_t G, float mn, flo
                          int b, bool stochastic, uint64_t seed, uint64_t offset, int64_t gi,
                          uint8_t* out) {
   alignas(64) uint32_t q[kMaxGroupSize];
-  alignas(64) float u[kMaxGroupSize];
+  alignas(64) uint32_t w[kMaxGroupSize / 2];  // G / 8 calls x 4 words: G 16-bit halves
   if (bad) {
     for (int64_t j = 0; j < G; ++j) q[j] = 0u;
   } else {
-    if (stochastic) {
-      group_uniforms(seed, offset, static_cast<uint64_t>(gi) * static_cast<uint64_t>(G / 4), G / 4,
-                     u);
-    } else {
-      for (int64_t j = 0; j < len; ++j) u[j] = 0.5f;
-    }
+    if (stochastic)
+      group_words(seed, offset, static_cast<uint64_t>(gi) * static_cast<uint64_t>(G / 8), G / 8, w);
+    const uint16_t* h = stochastic ? reinterpret_cast<const uint16_t*>(w) : nullptr;
     const uint32_t Bq = static_cast<uint32_t>(max_level(b));
-    for (int64_t j = 0; j < len; ++j) q[j] = quantize_code(buf[j], mn, scale, u[j], Bq);
-    for (int64_t j = len; j < G; ++j) q[j] = 0u;
+    int64_t j = 0;
+#ifdef ACTNN_X86_AVX512
+    if (cpu_has_avx2()) j = quantize_avx2(buf, len, mn, scale, h, Bq, q);
+#endif
+    for (; j < len; ++j)
+      q[j] = quantize_code(buf[j], mn, scale, h != nullptr ? uniform16(h[j]) : 0.5f, Bq);
+    for (j = len; j < G; ++j) q[j] = 0u;
   }
 #ifdef ACTNN_X86_AVX512
   if ((b == 1 || b == 2 || b == 4) && G % 16 == 0 && cpu_has_avx512f()) {
     pack_avx512(q, G, b, out);
     return;
   }
+  if ((b == 1 || b == 2 || b == 4) && cpu_has_avx2()) {
+    pack_avx2(q, G, b, out);
+    return;
+  }
 #endif
   with_bits(b, [&](auto bb) { pack_group<decltype(bb)::value>(q, G / 8, out); });
+}
+
+ACTNN_CLONES
+void affine_run(float* buf, int64_t n, float shift, float scale) {
+  for (int64_t j = 0; j < n; ++j) buf[j] = affine_value(buf[j], shift, scale);
+}
+
+ACTNN_CLONES
+void affine_each(float* buf, int64_t n, const float* shift, const float* scale) {
+  for (int64_t j = 0; j < n; ++j) buf[j] = affine_value(buf[j], shift[j], scale[j]);
 }
 
 ACTNN_CLONES
@@ -245,6 +384,8 @@ void unpack_dequantize_group(const uint8_t* src, int b, int64_t len, float mn, f
 #ifdef ACTNN_X86_AVX512
   if ((b == 1 || b == 2 || b == 4) && cpu_has_avx512f())
     done = dequantize_avx512(src, b, len, mn, step, out);
+  else if ((b == 1 || b == 2 || b == 4) && cpu_has_avx2())
+    done = dequantize_avx2(src, b, len, mn, step, out);
 #endif
   if (done == len) return;
   alignas(64) uint32_t q[kMaxGroupSize];

@@ -46,6 +46,33 @@ __attribute__((target("avx512f"))) int64_t mask_grad_avx512(const float* g, cons
   }
   return c;
 }
+
+// The AVX2 twins: 8 elements (1 mask byte) per vector.
+__attribute__((target("avx2"))) int64_t pack_nonzero_avx2(const float* x, int64_t begin,
+                                                          int64_t end, bool positive,
+                                                          uint8_t* out) {
+  const __m256 zero = _mm256_setzero_ps();
+  int64_t c = begin;
+  for (; c < end; ++c) {
+    const __m256 v = _mm256_loadu_ps(x + 8 * c);
+    const __m256 m =
+        positive ? _mm256_cmp_ps(v, zero, _CMP_GT_OQ) : _mm256_cmp_ps(v, zero, _CMP_NEQ_UQ);
+    out[c] = static_cast<uint8_t>(_mm256_movemask_ps(m));
+  }
+  return c;
+}
+
+__attribute__((target("avx2"))) int64_t mask_grad_avx2(const float* g, const uint8_t* src,
+                                                       int64_t begin, int64_t end, float* dst) {
+  const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  int64_t c = begin;
+  for (; c < end; ++c) {
+    const __m256i m = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(src[c]), bit), bit);
+    _mm256_storeu_ps(dst + 8 * c,
+                     _mm256_and_ps(_mm256_castsi256_ps(m), _mm256_loadu_ps(g + 8 * c)));
+  }
+  return c;
+}
 #endif
 
 // Chunks (8 elements, 1 mask byte) that hold no tail element: the loops below need no bound
@@ -59,7 +86,10 @@ void pack_nonzero_kernel(const T* x, int64_t numel, bool positive, uint8_t* out)
     int64_t c = begin;
 #ifdef ACTNN_X86_AVX512
     if constexpr (std::is_same_v<T, float>) {
-      if (cpu::cpu_has_avx512f()) c = pack_nonzero_avx512(x, c, std::min(end, full), positive, out);
+      if (cpu::cpu_has_avx512f())
+        c = pack_nonzero_avx512(x, c, std::min(end, full), positive, out);
+      else if (cpu::cpu_has_avx2())
+        c = pack_nonzero_avx2(x, c, std::min(end, full), positive, out);
     }
 #endif
     for (; c < std::min(end, full); ++c) {
@@ -88,7 +118,10 @@ void mask_grad_kernel(const T* g, const uint8_t* src, int64_t numel, T* dst) {
     int64_t c = begin;
 #ifdef ACTNN_X86_AVX512
     if constexpr (std::is_same_v<T, float>) {
-      if (cpu::cpu_has_avx512f()) c = mask_grad_avx512(g, src, c, std::min(end, full), dst);
+      if (cpu::cpu_has_avx512f())
+        c = mask_grad_avx512(g, src, c, std::min(end, full), dst);
+      else if (cpu::cpu_has_avx2())
+        c = mask_grad_avx2(g, src, c, std::min(end, full), dst);
     }
 #endif
     for (; c < std::min(end, full); ++c) {

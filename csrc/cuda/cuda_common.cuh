@@ -160,14 +160,13 @@ __device__ __forceinline__ void quantize_pack_group(float (&v)[CPL][8], float mn
     if (c >= chunks) break;
     float u[8];
     if (stochastic) {
-      uint32_t r[4];
-      const uint64_t ctr = static_cast<uint64_t>(gi) * static_cast<uint64_t>(l.G / 4) + 2 * c;
-      philox_block(seed, offset, ctr, r);
+      uint32_t r[4];  // one call: the 8 uniforms of this chunk of 8 elements
+      philox_block(seed, offset, static_cast<uint64_t>(gi) * static_cast<uint64_t>(l.G / 8) + c, r);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) u[j] = uniform01(r[j]);
-      philox_block(seed, offset, ctr + 1, r);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) u[4 + j] = uniform01(r[j]);
+      for (int j = 0; j < 4; ++j) {
+        u[2 * j] = uniform16(r[j] & 0xFFFFu);
+        u[2 * j + 1] = uniform16(r[j] >> 16);
+      }
     } else {
 #pragma unroll
       for (int j = 0; j < 8; ++j) u[j] = 0.5f;
