@@ -28,10 +28,40 @@ using namespace cpu;
 
 // The group's valid elements as fp32, with the affine applied and rounded back to the input
 // dtype (what `((x - shift) * scale).to(x.dtype)` gives), then reduced to (min, max, bad).
+// Returns where they are: x itself for fp32 without an affine (no copy), else buf. With
+// `range` false the reduction is skipped (pass 2 has the range already). An fp32 group inside
+// one affine run is not transformed at all: `fold` gets the run's (shift, scale), the values
+// returned are x's, and the range is the transformed range of x's, exactly (below).
 template <typename T>
-inline void load_transformed(const T* x, int64_t e0, int64_t len, const Affine& a, float* buf,
-                             float& mn, float& mx, bool& bad) {
+inline const float* load_transformed(const T* x, int64_t e0, int64_t len, const Affine& a,
+                                     float* buf, float& mn, float& mx, bool& bad, Fold& fold,
+                                     bool range = true) {
   const T* src = x + e0;
+  fold = Fold{};
+  if constexpr (std::is_same_v<T, float>) {
+    if (a.shift == nullptr) {
+      if (range) reduce_group(src, len, mn, mx, bad);
+      return src;
+    }
+    const int64_t q = e0 / a.inner, r = e0 - q * a.inner;
+    if (a.inner > 1 && r + len <= a.inner) {
+      const int64_t c = q % a.period;
+      fold = Fold{true, a.shift[c], a.scale[c]};
+      if (range) {
+        // v -> (v - shift) * scale is monotone in IEEE arithmetic (non-decreasing for scale >= 0,
+        // non-increasing below), so the transformed extremes are the transformed raw extremes,
+        // and, x being finite, a transformed value overflows or is NaN only if an extreme does.
+        float lo, hi;
+        reduce_group(src, len, lo, hi, bad);
+        const float t0 = affine_value(lo, fold.shift, fold.scale);
+        const float t1 = affine_value(hi, fold.shift, fold.scale);
+        mn = t0 < t1 ? t0 : t1;
+        mx = t0 < t1 ? t1 : t0;
+        bad = bad || non_finite(t0) || non_finite(t1);
+      }
+      return src;
+    }
+  }
   for (int64_t j = 0; j < len; ++j) buf[j] = to_f(src[j]);
   if (a.shift != nullptr) {
     // Runs of elements with one (shift, scale) (inner > 1), or of consecutive channels.
@@ -54,7 +84,8 @@ inline void load_transformed(const T* x, int64_t e0, int64_t len, const Affine& 
     if constexpr (!std::is_same_v<T, float>)
       for (int64_t j = 0; j < len; ++j) buf[j] = to_f(static_cast<T>(buf[j]));
   }
-  reduce_group(buf, len, mn, mx, bad);
+  if (range) reduce_group(buf, len, mn, mx, bad);
+  return buf;
 }
 
 // Per-sample bits summing to total: ActNN's greedy (remove the cheapest bit, repeatedly) as
@@ -125,13 +156,14 @@ void compress_kernel(const T* x, const CompressPlan& p, const Affine& a, bool st
         const int64_t start = g * G, len = std::min<int64_t>(G, l.D - start);
         float mn, mx;
         bool bad;
-        load_transformed(x, n * l.D + start, len, a, buf, mn, mx, bad);
+        Fold fold;
+        const float* v = load_transformed(x, n * l.D + start, len, a, buf, mn, mx, bad, fold);
         const GroupParams gp = group_params(mn, mx, bad, b);
         meta[2 * gi] = gp.mn;
         meta[2 * gi + 1] = gp.step;
         if (stats != nullptr) ranges[gi] = bad ? NAN : f_sub(f_add(mx, 0.0f), f_add(mn, 0.0f));
-        quantize_pack_group(buf, len, G, gp.mn, gp.scale, gp.bad, b, stochastic, seed, offset, gi,
-                            payload + gi * group_bytes_per_bit * b);
+        quantize_pack_group(v, len, G, gp.mn, gp.scale, gp.bad, b, stochastic, seed, offset, gi,
+                            payload + gi * group_bytes_per_bit * b, fold);
       }
     });
     if (stats != nullptr) {
@@ -149,7 +181,8 @@ void compress_kernel(const T* x, const CompressPlan& p, const Affine& a, bool st
       const int64_t start = g * G, len = std::min<int64_t>(G, l.D - start);
       float mn, mx;
       bool bad;
-      load_transformed(x, n * l.D + start, len, a, buf, mn, mx, bad);
+      Fold fold;
+      load_transformed(x, n * l.D + start, len, a, buf, mn, mx, bad, fold);
       meta[2 * gi] = bad ? NAN : f_add(mn, 0.0f);
       meta[2 * gi + 1] = bad ? NAN : f_add(mx, 0.0f);
     }
@@ -177,13 +210,14 @@ void compress_kernel(const T* x, const CompressPlan& p, const Affine& a, bool st
                            g * group_bytes_per_bit * b;
       float mn, mx;
       bool bad;
-      load_transformed(x, n * l.D + start, len, a, buf, mn, mx, bad);
+      Fold fold;
+      const float* v = load_transformed(x, n * l.D + start, len, a, buf, mn, mx, bad, fold, false);
       const float smn = meta[2 * gi], smx = meta[2 * gi + 1];
       const GroupParams gp = group_params(smn, smx, smn != smn, b);
       meta[2 * gi] = gp.mn;
       meta[2 * gi + 1] = gp.step;
-      quantize_pack_group(buf, len, G, gp.mn, gp.scale, gp.bad, b, stochastic, seed, offset, gi,
-                          payload + base);
+      quantize_pack_group(v, len, G, gp.mn, gp.scale, gp.bad, b, stochastic, seed, offset, gi,
+                          payload + base, fold);
     }
   });
 }
@@ -240,8 +274,24 @@ double block_sq_sum(const T* g, int64_t lo, int64_t hi) {
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
+// fp32 blocks: runs of 1024 elements summed in 32 fp32 lanes (32 squares each, so the float
+// rounding stays ~1e-7 relative), each run's total added in float64. Fixed order, vectorises.
 ACTNN_CLONES
-double block_sq_sum_f32(const float* g, int64_t lo, int64_t hi) { return block_sq_sum(g, lo, hi); }
+double block_sq_sum_f32(const float* g, int64_t lo, int64_t hi) {
+  constexpr int64_t kRun = 1024, kLanes = 32;
+  double total = 0.0;
+  int64_t i = lo;
+  for (; i + kRun <= hi; i += kRun) {
+    float acc[kLanes] = {};
+    for (int64_t j = 0; j < kRun; j += kLanes)
+      for (int64_t k = 0; k < kLanes; ++k)
+        acc[k] = f_add(acc[k], f_mul(g[i + j + k], g[i + j + k]));
+    double run = 0.0;
+    for (int64_t k = 0; k < kLanes; ++k) run += static_cast<double>(acc[k]);
+    total += run;
+  }
+  return total + block_sq_sum(g, i, hi);
+}
 
 template <typename T>
 double sq_norm(const T* g, int64_t numel) {

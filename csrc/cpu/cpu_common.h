@@ -29,14 +29,14 @@ namespace cpu {
 
 constexpr int64_t kGrain = 8;  // groups per task: at G=256 that is 8 KiB of fp32 input
 
-// Whether this CPU runs AVX-512F code (the hand-vectorised paths; checked once).
+// The widest hand-vectorised paths to take: 2 = AVX-512, 1 = AVX2, 0 = none. What the CPU has,
+// capped by ACTNN_MM_CPU_ISA=avx2|none when set (so that one machine tests every path); read once.
+int cpu_isa_level();
+
+// Whether the AVX-512F paths run (the CPU has it and no cap says otherwise).
 inline bool cpu_has_avx512f() {
-#ifdef ACTNN_X86_AVX512
-  static const bool yes = __builtin_cpu_supports("avx512f");
+  static const bool yes = cpu_isa_level() >= 2;
   return yes;
-#else
-  return false;
-#endif
 }
 
 template <typename T>
@@ -44,24 +44,27 @@ inline float to_f(T v) {
   return static_cast<float>(v);
 }
 
-// Whether this CPU runs AVX2 code (checked once).
+// Whether the AVX2 paths run.
 inline bool cpu_has_avx2() {
-#ifdef ACTNN_X86_AVX512
-  static const bool yes = __builtin_cpu_supports("avx2");
+  static const bool yes = cpu_isa_level() >= 1;
   return yes;
-#else
-  return false;
-#endif
 }
 
 // Load the valid elements of one group as fp32 and reduce them to (min, max, any non-finite).
 // The per-group hot loops, compiled for AVX-512, AVX2 and baseline x86-64 and picked at load
 // time (group_kernels.cpp); same IEEE operations on every path, so the same bytes.
 void reduce_group(const float* buf, int64_t len, float& mn, float& mx, bool& bad);
+// An affine (x - shift) * scale still to apply to a group's fp32 values (one run of one channel,
+// row or group of channels): quantizing applies it in registers instead of in a buffer first.
+struct Fold {
+  bool on = false;
+  float shift = 0.0f, scale = 1.0f;
+};
 // Quantize one loaded group (params p, b bits, stream position gi) and pack it (G / 8 * b bytes).
+// With `fold` on, buf holds the values before that affine.
 void quantize_pack_group(const float* buf, int64_t len, int64_t G, float mn, float scale, bool bad,
                          int b, bool stochastic, uint64_t seed, uint64_t offset, int64_t gi,
-                         uint8_t* out);
+                         uint8_t* out, Fold fold = Fold{});
 // buf[j] = (buf[j] - shift) * scale for j < n (one channel's run of a normalised input).
 void affine_run(float* buf, int64_t n, float shift, float scale);
 // buf[j] = (buf[j] - shift[j]) * scale[j] for j < n (consecutive channels, channels_last).
@@ -70,10 +73,18 @@ void affine_each(float* buf, int64_t n, const float* shift, const float* scale);
 void unpack_dequantize_group(const uint8_t* src, int b, int64_t len, float mn, float step,
                              float* out);
 
+// Returns where the fp32 values are: src itself for fp32 (no copy), else buf.
 template <typename T>
-inline void load_group(const T* src, int64_t len, float* buf, float& mn, float& mx, bool& bad) {
-  for (int64_t j = 0; j < len; ++j) buf[j] = to_f(src[j]);
-  reduce_group(buf, len, mn, mx, bad);
+inline const float* load_group(const T* src, int64_t len, float* buf, float& mn, float& mx,
+                               bool& bad) {
+  if constexpr (std::is_same_v<T, float>) {
+    reduce_group(src, len, mn, mx, bad);
+    return src;
+  } else {
+    for (int64_t j = 0; j < len; ++j) buf[j] = to_f(src[j]);
+    reduce_group(buf, len, mn, mx, bad);
+    return buf;
+  }
 }
 
 // Random words of calls ctr0 .. ctr0 + calls - 1 of the stream, call k's four words at

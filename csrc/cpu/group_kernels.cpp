@@ -4,13 +4,32 @@
 // structure-of-arrays code the compiler vectorises: min/max, the Philox rounds over a group's
 // calls, quantization, bit packing and unpacking. Vector width changes nothing in the results:
 // the same IEEE operations (no FMA: -ffp-contract=off), the same integer arithmetic.
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "cpu/cpu_common.h"
 
 namespace actnn {
 namespace cpu {
+
+int cpu_isa_level() {
+  int level = 0;
+#ifdef ACTNN_X86_AVX512
+  if (__builtin_cpu_supports("avx2")) level = 1;
+  if (level == 1 && __builtin_cpu_supports("avx512f")) level = 2;
+#endif
+  const char* cap = std::getenv("ACTNN_MM_CPU_ISA");
+  if (cap != nullptr && *cap != '\0') {
+    const std::string c(cap);
+    TORCH_CHECK(c == "avx512" || c == "avx2" || c == "none",
+                "ACTNN_MM_CPU_ISA must be avx512, avx2 or none, got '", c, "'");
+    level = std::min(level, c == "avx512" ? 2 : c == "avx2" ? 1 : 0);
+  }
+  return level;
+}
 
 #ifdef ACTNN_X86_AVX512
 // Shift of code i within its 32-bit word: 16 codes of b <= 2 bits fill one word, of 4 bits two
@@ -87,52 +106,122 @@ __attribute__((target("avx2"))) static inline void mulhilo8(__m256i a, __m256i m
   hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
 }
 
+// Call-major words from word-major vectors (lane k of c_j = word j of call k): out[m] holds the
+// four words of call 2m in its low 128 bits and of call 2m + 1 in its high ones.
+__attribute__((target("avx2"))) static inline void transpose_calls8(__m256i c0, __m256i c1,
+                                                                    __m256i c2, __m256i c3,
+                                                                    __m256i* out) {
+  const __m256i a_lo = _mm256_unpacklo_epi32(c0, c1), a_hi = _mm256_unpackhi_epi32(c0, c1);
+  const __m256i b_lo = _mm256_unpacklo_epi32(c2, c3), b_hi = _mm256_unpackhi_epi32(c2, c3);
+  const __m256i t0 = _mm256_unpacklo_epi64(a_lo, b_lo);  // calls 0 | 4
+  const __m256i t1 = _mm256_unpackhi_epi64(a_lo, b_lo);  // calls 1 | 5
+  const __m256i t2 = _mm256_unpacklo_epi64(a_hi, b_hi);  // calls 2 | 6
+  const __m256i t3 = _mm256_unpackhi_epi64(a_hi, b_hi);  // calls 3 | 7
+  _mm256_storeu_si256(out, _mm256_permute2x128_si256(t0, t1, 0x20));
+  _mm256_storeu_si256(out + 1, _mm256_permute2x128_si256(t2, t3, 0x20));
+  _mm256_storeu_si256(out + 2, _mm256_permute2x128_si256(t0, t1, 0x31));
+  _mm256_storeu_si256(out + 3, _mm256_permute2x128_si256(t2, t3, 0x31));
+}
+
+// Whether calls c .. c + n - 1 keep the high counter word (no carry out of the low one).
+static inline bool no_carry(uint64_t c, int64_t n) {
+  return (c & 0xFFFFFFFFu) <= 0xFFFFFFFFu - static_cast<uint64_t>(n - 1);
+}
+
+// V independent blocks of 8 calls (c, c + 8, ...) interleaved round by round, so that the
+// multiplies' latency overlaps; words stored call-major at w (philox_words' layout).
+template <int V>
+__attribute__((target("avx2"))) static inline void philox_blocks_avx2(const uint32_t* rk0,
+                                                                      const uint32_t* rk1,
+                                                                      uint64_t offset, uint64_t c,
+                                                                      uint32_t* w) {
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  __m256i c0[V], c1[V], c2[V], c3[V];
+  for (int v = 0; v < V; ++v) {
+    c0[v] = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(c + 8 * v)), iota);
+    c1[v] = _mm256_set1_epi32(static_cast<int>(c >> 32));
+    c2[v] = _mm256_set1_epi32(static_cast<int>(offset));
+    c3[v] = _mm256_set1_epi32(static_cast<int>(offset >> 32));
+  }
+  for (int r = 0; r < 10; ++r) {
+    const __m256i k0 = _mm256_set1_epi32(static_cast<int>(rk0[r]));
+    const __m256i k1 = _mm256_set1_epi32(static_cast<int>(rk1[r]));
+    for (int v = 0; v < V; ++v) {
+      __m256i hi0, lo0, hi1, lo1;
+      mulhilo8(c0[v], m0, hi0, lo0);
+      mulhilo8(c2[v], m1, hi1, lo1);
+      c0[v] = _mm256_xor_si256(_mm256_xor_si256(hi1, c1[v]), k0);
+      c2[v] = _mm256_xor_si256(_mm256_xor_si256(hi0, c3[v]), k1);
+      c1[v] = lo1;
+      c3[v] = lo0;
+    }
+  }
+  for (int v = 0; v < V; ++v)
+    transpose_calls8(c0[v], c1[v], c2[v], c3[v], reinterpret_cast<__m256i*>(w + 32 * v));
+}
+
+// The ten round keys of a seed.
+static inline void philox_keys(uint64_t seed, uint32_t* rk0, uint32_t* rk1) {
+  for (int r = 0; r < 10; ++r)
+    philox_round_key(static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32), r, rk0[r],
+                     rk1[r]);
+}
+
 // Words of calls ctr0 .. ctr0 + calls - 1, call k's at w[4k .. 4k + 3] (philox_words' layout).
 __attribute__((target("avx2"))) static void philox_words_avx2(uint64_t seed, uint64_t offset,
                                                               uint64_t ctr0, int64_t calls,
                                                               uint32_t* w) {
-  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
-  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
-  __m256i rk0[10], rk1[10];
-  for (int r = 0; r < 10; ++r) {
-    uint32_t k0, k1;
-    philox_round_key(static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32), r, k0, k1);
-    rk0[r] = _mm256_set1_epi32(static_cast<int>(k0));
-    rk1[r] = _mm256_set1_epi32(static_cast<int>(k1));
-  }
-  const __m256i o0 = _mm256_set1_epi32(static_cast<int>(offset));
-  const __m256i o1 = _mm256_set1_epi32(static_cast<int>(offset >> 32));
+  uint32_t rk0[10], rk1[10];
+  philox_keys(seed, rk0, rk1);
   int64_t k = 0;
-  for (; k + 8 <= calls; k += 8) {
-    const uint64_t c = ctr0 + static_cast<uint64_t>(k);
-    if ((c & 0xFFFFFFFFu) > 0xFFFFFFFFu - 7u) break;  // low word wraps inside the block
-    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(c)), iota);
-    __m256i c1 = _mm256_set1_epi32(static_cast<int>(c >> 32));
-    __m256i c2 = o0, c3 = o1;
-    for (int r = 0; r < 10; ++r) {
-      __m256i hi0, lo0, hi1, lo1;
-      mulhilo8(c0, m0, hi0, lo0);
-      mulhilo8(c2, m1, hi1, lo1);
-      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), rk0[r]);
-      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), rk1[r]);
-      c1 = lo1;
-      c3 = lo0;
-    }
-    // Transpose to w[4 * call + word]: per 128-bit lane, then swap the lanes' halves.
-    const __m256i a_lo = _mm256_unpacklo_epi32(c0, c1), a_hi = _mm256_unpackhi_epi32(c0, c1);
-    const __m256i b_lo = _mm256_unpacklo_epi32(c2, c3), b_hi = _mm256_unpackhi_epi32(c2, c3);
-    const __m256i t0 = _mm256_unpacklo_epi64(a_lo, b_lo);  // calls 0 | 4
-    const __m256i t1 = _mm256_unpackhi_epi64(a_lo, b_lo);  // calls 1 | 5
-    const __m256i t2 = _mm256_unpacklo_epi64(a_hi, b_hi);  // calls 2 | 6
-    const __m256i t3 = _mm256_unpackhi_epi64(a_hi, b_hi);  // calls 3 | 7
-    __m256i* dst = reinterpret_cast<__m256i*>(w + 4 * k);
-    _mm256_storeu_si256(dst, _mm256_permute2x128_si256(t0, t1, 0x20));
-    _mm256_storeu_si256(dst + 1, _mm256_permute2x128_si256(t2, t3, 0x20));
-    _mm256_storeu_si256(dst + 2, _mm256_permute2x128_si256(t0, t1, 0x31));
-    _mm256_storeu_si256(dst + 3, _mm256_permute2x128_si256(t2, t3, 0x31));
-  }
+  for (; k + 32 <= calls && no_carry(ctr0 + k, 32); k += 32)
+    philox_blocks_avx2<4>(rk0, rk1, offset, ctr0 + k, w + 4 * k);
+  for (; k + 8 <= calls && no_carry(ctr0 + k, 8); k += 8)
+    philox_blocks_avx2<1>(rk0, rk1, offset, ctr0 + k, w + 4 * k);
   for (; k < calls; ++k) philox_block(seed, offset, ctr0 + static_cast<uint64_t>(k), w + 4 * k);
+}
+
+// AVX-512: one call per 64-bit lane, so one multiply gives the whole 64-bit product (its high
+// half one shift away; the garbage above a lane's low word never reaches a result: the
+// multiplies read low words only). Four blocks of 8 calls interleaved; the three-way xors are
+// single ternary-logic ops.
+__attribute__((target("avx512f"))) static void philox_words_avx512(uint64_t seed, uint64_t offset,
+                                                                   uint64_t ctr0, int64_t calls,
+                                                                   uint32_t* w) {
+  constexpr int V = 4;
+  uint32_t rk0[10], rk1[10];
+  philox_keys(seed, rk0, rk1);
+  const __m512i m0 = _mm512_set1_epi64(kPhiloxM0), m1 = _mm512_set1_epi64(kPhiloxM1);
+  const __m512i iota = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+  int64_t k = 0;
+  for (; k + 8 * V <= calls && no_carry(ctr0 + k, 8 * V); k += 8 * V) {
+    const uint64_t c = ctr0 + static_cast<uint64_t>(k);
+    __m512i c0[V], c1[V], c2[V], c3[V];
+    for (int v = 0; v < V; ++v) {
+      c0[v] = _mm512_add_epi64(_mm512_set1_epi64(static_cast<uint32_t>(c) + 8 * v), iota);
+      c1[v] = _mm512_set1_epi64(c >> 32);
+      c2[v] = _mm512_set1_epi64(static_cast<uint32_t>(offset));
+      c3[v] = _mm512_set1_epi64(offset >> 32);
+    }
+    for (int r = 0; r < 10; ++r) {
+      const __m512i k0 = _mm512_set1_epi64(rk0[r]), k1 = _mm512_set1_epi64(rk1[r]);
+      for (int v = 0; v < V; ++v) {
+        const __m512i p0 = _mm512_mul_epu32(c0[v], m0);
+        const __m512i p1 = _mm512_mul_epu32(c2[v], m1);
+        c0[v] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p1, 32), c1[v], k0, 0x96);
+        c2[v] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p0, 32), c3[v], k1, 0x96);
+        c1[v] = p1;
+        c3[v] = p0;
+      }
+    }
+    for (int v = 0; v < V; ++v)
+      transpose_calls8(_mm512_cvtepi64_epi32(c0[v]), _mm512_cvtepi64_epi32(c1[v]),
+                       _mm512_cvtepi64_epi32(c2[v]), _mm512_cvtepi64_epi32(c3[v]),
+                       reinterpret_cast<__m256i*>(w + 4 * k + 32 * v));
+  }
+  if (k < calls) philox_words_avx2(seed, offset, ctr0 + k, calls - k, w + 4 * k);
 }
 
 // Codes of elements [0, len & ~7): (x - mn) * scale + u truncated and clamped to B, u from the
@@ -205,6 +294,94 @@ __attribute__((target("avx2"))) static void pack_avx2(const uint32_t* q, int64_t
   }
 }
 
+// OR of each of four vectors' 8 lanes: word k of the result is x[k]'s.
+__attribute__((target("avx2"))) static inline __m128i or_lanes4(__m256i x0, __m256i x1, __m256i x2,
+                                                                __m256i x3) {
+  const __m256i a = _mm256_or_si256(_mm256_unpacklo_epi32(x0, x1), _mm256_unpackhi_epi32(x0, x1));
+  const __m256i b = _mm256_or_si256(_mm256_unpacklo_epi32(x2, x3), _mm256_unpackhi_epi32(x2, x3));
+  const __m256i c = _mm256_or_si256(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
+  return _mm_or_si128(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+}
+
+// Codes of 8 values: (x - mn) * scale + u truncated and clamped to B (quantize_code's
+// operations), u from eight 16-bit halves h (uniform16).
+template <bool kFold>
+__attribute__((target("avx2"))) static inline __m256i codes8(const float* x, __m256 vmn,
+                                                             __m256 vscale, __m256 u, __m256i vB,
+                                                             __m256 fshift, __m256 fscale) {
+  __m256 v = _mm256_loadu_ps(x);
+  if constexpr (kFold) v = _mm256_mul_ps(_mm256_sub_ps(v, fshift), fscale);  // affine_value
+  const __m256 t = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v, vmn), vscale), u);
+  return _mm256_min_epu32(_mm256_cvttps_epi32(t), vB);
+}
+
+__attribute__((target("avx2"))) static inline __m256 uniforms8(__m128i h) {
+  const __m256i hv = _mm256_cvtepu16_epi32(h);
+  return _mm256_mul_ps(
+      _mm256_cvtepi32_ps(_mm256_or_si256(_mm256_slli_epi32(hv, 1), _mm256_set1_epi32(1))),
+      _mm256_set1_ps(7.62939453125e-06f));
+}
+
+// quantize_pack_group for a whole group (G a multiple of 64) of b in 1..4 bits: codes of
+// 64 values per step in registers, packed straight to `out` (no code buffer). u from the 16-bit
+// halves h (uniform16), or 0.5 when h is null; the same operations as quantize_code. kFold:
+// the values are affine_value(x, fold.shift, fold.scale), computed here.
+template <bool kFold>
+__attribute__((target("avx2"))) static void quantize_pack_avx2(const float* x, int64_t G, float mn,
+                                                               float scale, int b,
+                                                               const uint16_t* h, Fold fold,
+                                                               uint8_t* out) {
+  const __m256 fshift = _mm256_set1_ps(fold.shift), fscale = _mm256_set1_ps(fold.scale);
+  const __m256 vmn = _mm256_set1_ps(mn), vscale = _mm256_set1_ps(scale);
+  const __m256i vB = _mm256_set1_epi32(static_cast<int>(max_level(b)));
+  const __m256i s2 = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m256i s2h = _mm256_add_epi32(s2, _mm256_set1_epi32(16));
+  const __m256i s4 = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  const __m256 half = _mm256_set1_ps(0.5f);
+  for (int64_t j = 0; j < G; j += 64) {
+    __m256i q[8];
+    for (int m = 0; m < 8; ++m) {
+      const __m256 u =
+          h != nullptr ? uniforms8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + j + 8 * m)))
+                       : half;
+      q[m] = codes8<kFold>(x + j + 8 * m, vmn, vscale, u, vB, fshift, fscale);
+    }
+    uint8_t* dst = out + j / 8 * b;
+    if (b == 1) {
+      uint64_t bytes = 0;
+      for (int m = 0; m < 8; ++m)
+        bytes |= static_cast<uint64_t>(static_cast<uint32_t>(
+                     _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(q[m], 31)))))
+                 << (8 * m);
+      memcpy(dst, &bytes, 8);
+    } else if (b == 2) {
+      __m256i x4[4];
+      for (int m = 0; m < 4; ++m)
+        x4[m] =
+            _mm256_or_si256(_mm256_sllv_epi32(q[2 * m], s2), _mm256_sllv_epi32(q[2 * m + 1], s2h));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), or_lanes4(x4[0], x4[1], x4[2], x4[3]));
+    } else if (b == 3) {  // 8 codes -> 24 bits: four words' low 3 bytes per or_lanes4
+      const __m256i s3 = _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21);
+      const __m128i take3 = _mm_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1);
+      for (int k = 0; k < 2; ++k) {
+        const __m128i w = _mm_shuffle_epi8(
+            or_lanes4(_mm256_sllv_epi32(q[4 * k], s3), _mm256_sllv_epi32(q[4 * k + 1], s3),
+                      _mm256_sllv_epi32(q[4 * k + 2], s3), _mm256_sllv_epi32(q[4 * k + 3], s3)),
+            take3);
+        alignas(16) uint8_t tmp[16];
+        _mm_store_si128(reinterpret_cast<__m128i*>(tmp), w);
+        memcpy(dst + 12 * k, tmp, 12);
+      }
+    } else {
+      for (int k = 0; k < 2; ++k)
+        _mm_storeu_si128(
+            reinterpret_cast<__m128i*>(dst + 16 * k),
+            or_lanes4(_mm256_sllv_epi32(q[4 * k], s4), _mm256_sllv_epi32(q[4 * k + 1], s4),
+                      _mm256_sllv_epi32(q[4 * k + 2], s4), _mm256_sllv_epi32(q[4 * k + 3], s4)));
+    }
+  }
+}
+
 // unpack + dequantize for b in {1, 2, 4}: codes index a table of the 2^b values (each the
 // scalar f_add(f_mul(q, step), mn)), 8 per step. Returns how many elements were written.
 __attribute__((target("avx2"))) static int64_t dequantize_avx2(const uint8_t* src, int b,
@@ -271,6 +448,10 @@ __attribute__((target("avx2"))) static void reduce_avx2(const float* buf, int64_
 static inline void group_words(uint64_t seed, uint64_t offset, uint64_t ctr0, int64_t calls,
                                uint32_t* w) {
 #ifdef ACTNN_X86_AVX512
+  if (cpu_has_avx512f()) {
+    philox_words_avx512(seed, offset, ctr0, calls, w);
+    return;
+  }
   if (cpu_has_avx2()) {
     philox_words_avx2(seed, offset, ctr0, calls, w);
     return;
@@ -336,15 +517,30 @@ void reduce_group(const float* buf, int64_t len, float& mn, float& mx, bool& bad
 ACTNN_CLONES
 void quantize_pack_group(const float* buf, int64_t len, int64_t G, float mn, float scale, bool bad,
                          int b, bool stochastic, uint64_t seed, uint64_t offset, int64_t gi,
-                         uint8_t* out) {
-  alignas(64) uint32_t q[kMaxGroupSize];
+                         uint8_t* out, Fold fold) {
+  const uint64_t ctr0 = static_cast<uint64_t>(gi) * static_cast<uint64_t>(G / 8);
   alignas(64) uint32_t w[kMaxGroupSize / 2];  // G / 8 calls x 4 words: G 16-bit halves
+  if (!bad && stochastic) group_words(seed, offset, ctr0, G / 8, w);
+  const uint16_t* h = !bad && stochastic ? reinterpret_cast<const uint16_t*>(w) : nullptr;
+#ifdef ACTNN_X86_AVX512
+  // Whole groups of 1..4 bits: codes in registers, no code buffer.
+  if (!bad && len == G && G % 64 == 0 && b <= 4 && cpu_has_avx2()) {
+    if (fold.on)
+      quantize_pack_avx2<true>(buf, G, mn, scale, b, h, fold, out);
+    else
+      quantize_pack_avx2<false>(buf, G, mn, scale, b, h, fold, out);
+    return;
+  }
+#endif
+  alignas(64) float folded[kMaxGroupSize];
+  if (fold.on && !bad) {
+    for (int64_t j = 0; j < len; ++j) folded[j] = affine_value(buf[j], fold.shift, fold.scale);
+    buf = folded;
+  }
+  alignas(64) uint32_t q[kMaxGroupSize];
   if (bad) {
     for (int64_t j = 0; j < G; ++j) q[j] = 0u;
   } else {
-    if (stochastic)
-      group_words(seed, offset, static_cast<uint64_t>(gi) * static_cast<uint64_t>(G / 8), G / 8, w);
-    const uint16_t* h = stochastic ? reinterpret_cast<const uint16_t*>(w) : nullptr;
     const uint32_t Bq = static_cast<uint32_t>(max_level(b));
     int64_t j = 0;
 #ifdef ACTNN_X86_AVX512

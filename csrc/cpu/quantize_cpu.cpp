@@ -50,13 +50,13 @@ void quantize_kernel(const T* x, const Layout& l, int64_t bits, const int32_t* s
       const int64_t len = std::min<int64_t>(G, l.D - start);
       float mn, mx;
       bool bad;
-      load_group(x + n * l.D + start, len, buf, mn, mx, bad);
+      const float* v = load_group(x + n * l.D + start, len, buf, mn, mx, bad);
       const GroupParams p = group_params(mn, mx, bad, b < 1 || b > 8 ? 1 : b);
       const bool valid_bits = b >= 1 && b <= 8 && base >= 0 && base + group_bytes <= payload_bytes;
       meta[2 * gi] = valid_bits ? p.mn : NAN;
       meta[2 * gi + 1] = valid_bits ? p.step : NAN;
       if (!valid_bits) continue;  // inconsistent sample_bits/offsets: never write out of bounds
-      quantize_pack_group(buf, len, G, p.mn, p.scale, p.bad, b, stochastic, seed, offset, gi,
+      quantize_pack_group(v, len, G, p.mn, p.scale, p.bad, b, stochastic, seed, offset, gi,
                           payload + base);
     }
   });
