@@ -12,7 +12,7 @@ from torch.nn.modules.utils import _pair
 
 from .. import saved_bytes
 from ..engine import pack_index, unpack_index
-from ._qlayer import AmpFunction, compress_active
+from ._qlayer import AmpFunction, compress_active, run_twin
 
 __all__ = ['QMaxPool2d', 'QAvgPool2d', 'window_index', 'flat_index']
 
@@ -50,6 +50,8 @@ def window_index(flat: Tensor, in_w: int, kernel: Tuple[int, int], stride: Tuple
     else:
         r = flat - _window_base(flat.shape[-2], flat.shape[-1], in_w, stride, padding,
                                 flat.device)
+        if kernel[0] * dilation[0] * in_w < _FLOAT_EXACT:
+            return _float_window(r, in_w, kernel[1], dilation)
         kh = torch.div(r, in_w, rounding_mode='floor')
         kw = r.remainder(in_w)
         if dilation[0] > 1:
@@ -59,15 +61,45 @@ def window_index(flat: Tensor, in_w: int, kernel: Tuple[int, int], stride: Tuple
     return kh * kernel[1] + kw
 
 
+#: Offsets below this are divided in float32: exact, and vectorised where int64 division is not
+#: (with 0 <= r = q * d + k < 2^23 and 0 <= k < d, the rounded r / d never reaches q + 1).
+_FLOAT_EXACT = 1 << 23
+
+
+def _float_window(r: Tensor, in_w: int, kernel_w: int, dilation: Tuple[int, int]) -> Tensor:
+    """:func:`window_index` from offsets r (0 <= r < 2^23) in float32 (int32 result)."""
+    rf = r.to(torch.float32)
+    kh = torch.div(rf, in_w, rounding_mode='floor')
+    if dilation == (1, 1):  # kh * kernel_w + (r - kh * in_w)
+        return rf.sub(kh, alpha=in_w - kernel_w).to(torch.int32)
+    kw = rf.sub(kh, alpha=in_w)
+    if dilation[0] > 1:
+        kh = torch.div(kh, dilation[0], rounding_mode='floor')
+    if dilation[1] > 1:
+        kw = torch.div(kw, dilation[1], rounding_mode='floor')
+    return kh.mul(kernel_w).add_(kw).to(torch.int32)
+
+
 def flat_index(window: Tensor, in_w: int, kernel: Tuple[int, int], stride: Tuple[int, int],
                padding: Tuple[int, int], dilation: Tuple[int, int]) -> Tensor:
     """Inverse of :func:`window_index`."""
-    window = window.long()
     base = _window_base(window.shape[-2], window.shape[-1], in_w, stride, padding,
                         window.device)
-    kh = torch.div(window, kernel[1], rounding_mode='floor')
-    kw = window.remainder(kernel[1])
-    return (kh * (dilation[0] * in_w) + base).add_(kw * dilation[1] if dilation[1] > 1 else kw)
+    if kernel[0] * dilation[0] * in_w >= _FLOAT_EXACT:
+        window = window.long()
+        kh = torch.div(window, kernel[1], rounding_mode='floor')
+        kw = window.remainder(kernel[1])
+        return (kh * (dilation[0] * in_w) + base).add_(kw * dilation[1] if dilation[1] > 1
+                                                       else kw)
+    # Positions and offsets below 2^23: exact in float32, which vectorises (int64 division not).
+    # With kh = window // kernel_w and kw = window - kh * kernel_w, the offset
+    # kh * dil_h * in_w + kw * dil_w is dil_w * window + kh * (dil_h * in_w - dil_w * kernel_w).
+    wf = window.to(torch.float32)
+    kh = torch.div(wf, kernel[1], rounding_mode='floor')
+    if dilation[1] > 1:
+        wf = wf * dilation[1]
+    off = wf.add(kh, alpha=dilation[0] * in_w - dilation[1] * kernel[1])
+    return off.to(torch.int64).add_(base)
 
 
 def _pack_window(window: Tensor, window_size: int) -> object:
@@ -121,7 +153,7 @@ class QMaxPool2d(nn.MaxPool2d):
     def forward(self, input: Tensor) -> Any:
         if input.dim() not in (3, 4) or not input.is_floating_point() or \
                 not compress_active(self, input):
-            return super().forward(input)
+            return run_twin(super().forward, input)
         stride = self.stride if self.stride is not None and self.stride != [] else \
             self.kernel_size
         return _MaxPool2dFunction.apply(input, _pair(self.kernel_size), _pair(stride),
@@ -153,7 +185,7 @@ class QAvgPool2d(nn.AvgPool2d):
 
     def forward(self, input: Tensor) -> Tensor:
         if input.dim() not in (3, 4) or not compress_active(self, input):
-            return super().forward(input)
+            return run_twin(super().forward, input)
         stride = self.stride if self.stride is not None and self.stride != [] else \
             self.kernel_size
         return _AvgPool2dFunction.apply(input, _pair(self.kernel_size), _pair(stride),
