@@ -199,6 +199,10 @@ class _ExactOpsMode(torch.overrides.TorchFunctionMode):
     functional layer / group norms of activations run through the Q norms' Functions, and
     what :data:`GATING_OPS` save is compressed with at least :data:`GATING_BITS` bits."""
 
+    #: Q-layer forwards step out of this mode (they save through their own Functions); their
+    #: twin fallbacks run under it (actnn_mm.layers._qlayer.run_twin).
+    actnn_suspend_in_qlayers = True
+
     def __init__(self, owner: 'compress_saved_tensors') -> None:
         super().__init__()
         self.owner = owner

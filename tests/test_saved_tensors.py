@@ -607,3 +607,30 @@ def test_bce_with_logits_targets_are_compressed() -> None:
     got, counter = run(L3)
     assert counter.report.exact_by_reason.get('no grad (data)', 0) == 0
     assert _rel(got, exact) < 0.5  # the logits at 2 bits; the targets exactly
+
+
+def test_q_layers_run_outside_the_saved_tensor_mode_and_twins_inside(monkeypatch) -> None:
+    """The mode steers what autograd saves; a Q path saves through its own Function, so it runs
+    without the mode (no Python call per tensor method); a twin fallback runs under it."""
+    calls: List[str] = []
+    original = saved_tensors._ExactOpsMode.__torch_function__
+
+    def counting(self, func, types, args=(), kwargs=None):
+        calls.append(getattr(func, '__name__', ''))
+        return original(self, func, types, args, kwargs)
+
+    monkeypatch.setattr(saved_tensors._ExactOpsMode, '__torch_function__', counting)
+    conv = QConv2d(4, 8, 3, padding=1)
+    x = torch.randn(2, 4, 16, 16, requires_grad=True)
+    with compress_saved_tensors(L3):
+        depth = torch._C._len_torch_function_stack()
+        y = conv(x)  # Q path
+        assert calls == []
+        assert torch._C._len_torch_function_stack() == depth
+        conv.eval()
+        conv(x)  # twin (eval): the mode sees its ops
+        assert 'conv2d' in calls
+        assert torch._C._len_torch_function_stack() == depth
+        assert isinstance(torch._C._get_function_stack_at(depth - 1), saved_tensors._ExactOpsMode)
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

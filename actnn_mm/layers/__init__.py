@@ -6,7 +6,7 @@ needs, compressed by :mod:`actnn_mm.engine`; in ``eval()``/``no_grad`` it is the
 """
 import torch.nn as _nn
 
-from ._qlayer import eager_forward, q_getstate
+from ._qlayer import eager_forward, outside_saved_tensor_mode, q_getstate
 from .activation import QGELU, QHardswish, QLeakyReLU, QReLU, QSiLU
 from .conv import QConv1d, QConv2d, QConv3d, QConvTranspose1d, QConvTranspose2d, QConvTranspose3d
 from .dropout import QDropout, QDropout2d
@@ -59,10 +59,11 @@ TWINS = {q: t for t, q in QLAYERS.items()}
 TWINS[QBatchNormXd] = _nn.modules.batchnorm._BatchNorm
 
 # Pickling and deepcopy (torch.save(model), MoCo's key encoder) skip the run-time scheme state.
-# Under torch.compile every Q-layer runs eagerly between compiled graphs, so it compresses.
+# Under torch.compile every Q-layer runs eagerly between compiled graphs, so it compresses; and
+# it runs outside the saved-tensor mode, which steers only what autograd saves for the twins.
 for _q in TWINS:
     _q.__getstate__ = q_getstate
-    _q.forward = eager_forward(_q.forward)
+    _q.forward = eager_forward(outside_saved_tensor_mode(_q.forward))
 
 #: Normalisation Q-layers (kept exact where the level does not compress norms, e.g. L1).
 NORM_LAYERS = (QBatchNorm1d, QBatchNorm2d, QBatchNorm3d, QBatchNormXd, QSyncBatchNorm, QLayerNorm,

@@ -11,6 +11,8 @@ random offsets) would otherwise have to fall back to the uncompressed twin: a si
 """
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Any, Dict, Optional, Tuple, Type
 
 import torch
@@ -20,6 +22,7 @@ from .. import saved_bytes, share_cache
 from ..engine import CompressionConfig, LayerScheme, get_default_config
 
 __all__ = ['AmpFunction', 'owned_output', 'compress_active', 'eager_forward', 'inplace_on_leaf',
+           'outside_saved_tensor_mode', 'run_twin', 'SUSPEND_IN_QLAYERS',
            'get_scheme', 'save_input', 'load_input', 'pack_activation', 'unpack_activation',
            'autocast_dtype', 'cast_for_autocast', 'suggest_memory_format', 'q_getstate']
 
@@ -42,6 +45,58 @@ def q_getstate(self: nn.Module) -> Dict[str, Any]:
 def eager_forward(fn: Any) -> Any:
     """``fn`` run eagerly inside ``torch.compile`` (a graph break around it), as is outside."""
     return torch.compiler.disable(fn, recursive=True)
+
+
+#: Marks a TorchFunctionMode that Q-layer forwards step out of (set by
+#: :class:`actnn_mm.compress_saved_tensors` on its mode). Such a mode steers what *autograd*
+#: saves; a Q path saves through its own Function, so it has nothing to steer there, while every
+#: tensor method and property the Q path touches would otherwise be a Python call into it.
+SUSPEND_IN_QLAYERS = 'actnn_suspend_in_qlayers'
+
+_suspended = threading.local()
+
+
+def _pop_suspendable_mode() -> Any:
+    """Pop the innermost torch-function mode if it is one to step out of, else None."""
+    n = torch._C._len_torch_function_stack()
+    if n == 0 or not getattr(torch._C._get_function_stack_at(n - 1), SUSPEND_IN_QLAYERS, False):
+        return None
+    return torch._C._pop_torch_function_stack()
+
+
+def outside_saved_tensor_mode(fn: Any) -> Any:
+    """A Q-layer ``forward`` run without the saved-tensor mode (see :data:`SUSPEND_IN_QLAYERS`);
+    its twin fallbacks go through :func:`run_twin`, which restores the mode for them."""
+    @functools.wraps(fn)
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        mode = _pop_suspendable_mode()
+        if mode is None:
+            return fn(self, *args, **kwargs)
+        previous = getattr(_suspended, 'mode', None)
+        _suspended.mode = mode
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            _suspended.mode = previous
+            torch._C._push_on_torch_function_stack(mode)
+
+    return forward
+
+
+def run_twin(fn: Any, *args: Any) -> Any:
+    """Call the torch twin's forward ``fn`` under the mode the Q forward stepped out of: autograd
+    saves for the twin, and the mode steers that."""
+    mode = getattr(_suspended, 'mode', None)
+    if mode is None:
+        return fn(*args)
+    _suspended.mode = None
+    torch._C._push_on_torch_function_stack(mode)
+    try:
+        return fn(*args)
+    finally:
+        popped = torch._C._pop_torch_function_stack()
+        assert popped is mode, 'torch-function mode stack changed inside a twin forward'
+        _suspended.mode = mode
 
 
 def compress_active(module: nn.Module, *tensors: Optional[Tensor]) -> bool:

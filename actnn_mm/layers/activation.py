@@ -28,6 +28,7 @@ from ._qlayer import (
     inplace_on_leaf,
     load_input,
     module_config,
+    run_twin,
     save_input,
     scheme_is_exact,
 )
@@ -101,7 +102,7 @@ class QReLU(nn.ReLU):
 
     def forward(self, input: Tensor) -> Tensor:
         if not compress_active(self, input) or inplace_on_leaf(self, input):
-            return super().forward(input)
+            return run_twin(super().forward, input)
         return _ReLUFunction.apply(input, self.inplace)
 
 
@@ -110,7 +111,7 @@ class QLeakyReLU(nn.LeakyReLU):
 
     def forward(self, input: Tensor) -> Tensor:
         if not compress_active(self, input) or inplace_on_leaf(self, input):
-            return super().forward(input)
+            return run_twin(super().forward, input)
         return _LeakyReLUFunction.apply(input, float(self.negative_slope), self.inplace)
 
 
@@ -172,7 +173,7 @@ class QGELU(nn.GELU):
 
     def forward(self, input: Tensor) -> Tensor:
         if not input.is_floating_point() or not compress_active(self, input):
-            return super().forward(input)
+            return run_twin(super().forward, input)
         return _GELUFunction.apply(input, self.approximate, get_scheme(self, 'generic'))
 
 
@@ -233,7 +234,7 @@ class QSiLU(nn.SiLU):
     def forward(self, input: Tensor) -> Tensor:
         if not input.is_floating_point() or not compress_active(self, input) or \
                 inplace_on_leaf(self, input):
-            return super().forward(input)
+            return run_twin(super().forward, input)
         return _SmoothInplaceFunction.apply(input, 'silu', self.inplace, derivative_scheme(self))
 
 
@@ -244,6 +245,6 @@ class QHardswish(nn.Hardswish):
     def forward(self, input: Tensor) -> Tensor:
         if not input.is_floating_point() or not compress_active(self, input) or \
                 inplace_on_leaf(self, input):
-            return super().forward(input)
+            return run_twin(super().forward, input)
         return _SmoothInplaceFunction.apply(input, 'hardswish', self.inplace,
                                             derivative_scheme(self))

@@ -15,6 +15,7 @@ from ._qlayer import (
     compress_active,
     get_scheme,
     load_input,
+    run_twin,
     save_input,
 )
 
@@ -92,7 +93,8 @@ class _QConvMixin:
         rank = self._spatial + 2
         if input.dim() not in (rank - 1, rank) or \
                 not compress_active(self, input, weight, bias):
-            return super()._conv_forward(input, weight, bias)  # twin (and its error messages)
+            # the twin (and its error messages)
+            return run_twin(super()._conv_forward, input, weight, bias)
         batched = input.dim() == rank
         x = input if batched else input.unsqueeze(0)
         if self.padding_mode != 'zeros':
@@ -136,7 +138,7 @@ class _QConvTransposeMixin:
         rank = self._spatial + 2
         if self.padding_mode != 'zeros' or input.dim() not in (rank - 1, rank) or \
                 not compress_active(self, input, self.weight, self.bias):
-            return super().forward(input, output_size)
+            return run_twin(super().forward, input, output_size)
         output_padding = self._output_padding(input, output_size, self.stride, self.padding,
                                               self.kernel_size, self._spatial, self.dilation)
         batched = input.dim() == rank

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .. import saved_bytes
 from ..engine import pack_mask, unpack_mask
-from ._qlayer import AmpFunction, compress_active, inplace_on_leaf
+from ._qlayer import AmpFunction, compress_active, inplace_on_leaf, run_twin
 
 __all__ = ['QDropout', 'QDropout2d']
 
@@ -57,7 +57,7 @@ class QDropout(nn.Dropout):
     def forward(self, input: Tensor) -> Tensor:
         if not 0 < self.p < 1 or input.numel() == 0 or not compress_active(self, input) or \
                 inplace_on_leaf(self, input):
-            return super().forward(input)
+            return run_twin(super().forward, input)
         return _DropoutFunction.apply(input, float(self.p), self.inplace, False)
 
 
@@ -67,5 +67,5 @@ class QDropout2d(nn.Dropout2d):
     def forward(self, input: Tensor) -> Tensor:
         if input.dim() != 4 or not 0 < self.p < 1 or input.numel() == 0 or \
                 not compress_active(self, input) or inplace_on_leaf(self, input):
-            return super().forward(input)
+            return run_twin(super().forward, input)
         return _DropoutFunction.apply(input, float(self.p), self.inplace, True)

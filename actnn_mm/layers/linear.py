@@ -12,6 +12,7 @@ from ._qlayer import (
     compress_active,
     get_scheme,
     load_input,
+    run_twin,
     save_input,
 )
 
@@ -60,5 +61,5 @@ class QLinear(nn.Linear):
     def forward(self, input: Tensor) -> Tensor:
         if input.dim() == 0 or input.shape[-1] != self.in_features or \
                 not compress_active(self, input, self.weight, self.bias):
-            return super().forward(input)
+            return run_twin(super().forward, input)
         return linear_function(input, self.weight, self.bias, get_scheme(self, 'linear'))

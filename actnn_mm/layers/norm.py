@@ -19,6 +19,7 @@ from ._qlayer import (
     compress_active,
     get_scheme,
     load_input,
+    run_twin,
     save_input,
     scheme_is_exact,
     suggest_memory_format,
@@ -194,7 +195,7 @@ class _QBatchNormMixin:
         self._check_input_dim(input)
         if not compress_active(self, input, self.weight, self.bias) or \
                 not self._q_supported(input):
-            return super().forward(input)
+            return run_twin(super().forward, input)
         return self._q_forward(input)
 
 
@@ -319,15 +320,15 @@ class QSyncBatchNorm(_QBatchNormMixin, nn.SyncBatchNorm, _BatchNorm):
         if self._needs_sync():
             if input.device.type not in ('cpu', 'cuda', 'hpu', 'xpu',
                                          torch._C._get_privateuse1_backend_name()):
-                return nn.SyncBatchNorm.forward(self, input)  # twin raises its error
+                return run_twin(nn.SyncBatchNorm.forward, self, input)  # twin raises its error
             group = self.process_group or dist.group.WORLD
             world_size = dist.get_world_size(group)
         if world_size <= 1:  # the twin's own fallback: plain batch norm
             if active and self._q_supported(input):
                 return self._q_forward(input)
-            return _BatchNorm.forward(self, input)
+            return run_twin(_BatchNorm.forward, self, input)
         if not active and input.device.type != 'cpu':
-            return nn.SyncBatchNorm.forward(self, input)
+            return run_twin(nn.SyncBatchNorm.forward, self, input)
         eaf = self._momentum()
         running_mean = self.running_mean if self.track_running_stats else None
         running_var = self.running_var if self.track_running_stats else None
@@ -391,7 +392,7 @@ class QLayerNorm(nn.LayerNorm):
         ns = tuple(self.normalized_shape)
         if input.dim() < len(ns) or tuple(input.shape[input.dim() - len(ns):]) != ns or \
                 not compress_active(self, input, self.weight, self.bias):
-            return super().forward(input)
+            return run_twin(super().forward, input)
         return layer_norm_function(input, ns, self.weight, self.bias, self.eps,
                                    get_scheme(self, 'norm'))
 
@@ -446,7 +447,7 @@ class QGroupNorm(nn.GroupNorm):
         if input.dim() < 2 or input.shape[1] != self.num_channels or \
                 not group_norm_supported(input, self.num_groups) or \
                 not compress_active(self, input, self.weight, self.bias):
-            return super().forward(input)
+            return run_twin(super().forward, input)
         return group_norm_function(input, self.num_groups, self.weight, self.bias, self.eps,
                                    get_scheme(self, 'norm'))
 
