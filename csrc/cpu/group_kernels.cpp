@@ -250,9 +250,10 @@ __attribute__((target("avx2"))) static int64_t quantize_avx2(const float* buf, i
   return j;
 }
 
-// The b (1, 2 or 4) bytes of 8 packed codes as one word, and back (fixed-size copies).
+// The b bytes of 8 packed codes as one word (b 1..4), and back (b 1, 2, 4; fixed-size copies).
 static inline uint32_t load_code_word(const uint8_t* src, int b) {
   if (b == 1) return src[0];
+  if (b == 3) return src[0] | (uint32_t{src[1]} << 8) | (uint32_t{src[2]} << 16);
   if (b == 2) {
     uint16_t v;
     memcpy(&v, src, 2);
@@ -382,7 +383,7 @@ __attribute__((target("avx2"))) static void quantize_pack_avx2(const float* x, i
   }
 }
 
-// unpack + dequantize for b in {1, 2, 4}: codes index a table of the 2^b values (each the
+// unpack + dequantize for b in 1..4: codes index a table of the 2^b values (each the
 // scalar f_add(f_mul(q, step), mn)), 8 per step. Returns how many elements were written.
 __attribute__((target("avx2"))) static int64_t dequantize_avx2(const uint8_t* src, int b,
                                                                int64_t len, float mn, float step,
@@ -580,13 +581,13 @@ void unpack_dequantize_group(const uint8_t* src, int b, int64_t len, float mn, f
 #ifdef ACTNN_X86_AVX512
   if ((b == 1 || b == 2 || b == 4) && cpu_has_avx512f())
     done = dequantize_avx512(src, b, len, mn, step, out);
-  else if ((b == 1 || b == 2 || b == 4) && cpu_has_avx2())
+  else if (b <= 4 && cpu_has_avx2())
     done = dequantize_avx2(src, b, len, mn, step, out);
 #endif
   if (done == len) return;
   alignas(64) uint32_t q[kMaxGroupSize];
   const int64_t chunks = (len - done + 7) / 8;
-  const uint8_t* rest = src + done / 8 * b;  // done is a multiple of 16
+  const uint8_t* rest = src + done / 8 * b;  // done is a multiple of 8
   with_bits(b, [&](auto bb) { unpack_group<decltype(bb)::value>(rest, chunks, q); });
   for (int64_t j = done; j < len; ++j) out[j] = dequantize_value(q[j - done], mn, step);
 }
