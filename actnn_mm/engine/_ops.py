@@ -153,11 +153,18 @@ def _forced_reference() -> bool:
     return os.environ.get('ACTNN_MM_REFERENCE', '0') == '1'
 
 
+_OVERLOADS: dict = {}
+
+
 def _impl(name: str, device: torch.device):
     """The dispatcher's op (compiled kernel, or the reference as its default kernel), unless
-    the extension is missing or the reference is forced."""
+    the extension is missing or the reference is forced. The op's overload is looked up once
+    (calling the packet would resolve it again on every call)."""
     if not _forced_reference() and _ensure_loaded():
-        return getattr(torch.ops.actnn_mm, name)
+        op = _OVERLOADS.get(name)
+        if op is None:
+            op = _OVERLOADS[name] = getattr(torch.ops.actnn_mm, name).default
+        return op
     _warn_fallback(device)
     return getattr(reference, name)
 

@@ -137,6 +137,8 @@ def get_scheme(module: nn.Module, kind: str, kernel_area: int = 1, groups: int =
     the module's ``actnn_allocator`` (set by :func:`actnn_mm.convert`) for cross-layer bits."""
     cfg = module_config(module)
     scheme = module.__dict__.get('actnn_scheme')
+    if getattr(scheme, 'config', None) is cfg:  # the common case: no field comparison
+        return scheme
     if scheme is None or getattr(scheme, 'config', None) != cfg:
         name = module.__dict__.get('actnn_name') or type(module).__name__
         allocator = module.__dict__.get('actnn_allocator')
@@ -282,9 +284,12 @@ def owned_output(out: Any, inputs: Tuple[Any, ...]) -> Any:
     return own(out)
 
 
-def _owning_forward(forward: Any) -> Any:
-    """``forward`` whose outputs go through :func:`owned_output`."""
+def _amp_forward(forward: Any, device_type: str) -> Any:
+    """``forward`` that records the autocast state it ran under (what ``torch.amp.custom_fwd``
+    records, for backward) and whose outputs go through :func:`owned_output`."""
     def wrapped(ctx: Any, *args: Any) -> Any:
+        ctx.actnn_amp = (torch.is_autocast_enabled(device_type),
+                         torch.get_autocast_dtype(device_type))
         return owned_output(forward(ctx, *args), args)
 
     wrapped.__name__ = getattr(forward, '__name__', 'forward')
@@ -292,10 +297,28 @@ def _owning_forward(forward: Any) -> Any:
     return wrapped
 
 
-class AmpFunction:
-    """An autograd Function with ``torch.amp.custom_fwd``/``custom_bwd`` for the input's device.
+def _amp_backward(backward: Any, device_type: str) -> Any:
+    """``backward`` run under its forward's autocast state, as ``torch.amp.custom_bwd`` runs it;
+    no autocast context is entered when that state is already the current one (the common
+    case, and a context per backward call is measurable in a training step)."""
+    def wrapped(ctx: Any, *grads: Any) -> Any:
+        enabled, dtype = ctx.actnn_amp
+        if torch.is_autocast_enabled(device_type) == enabled and \
+                (not enabled or torch.get_autocast_dtype(device_type) == dtype):
+            return backward(ctx, *grads)
+        with torch.autocast(device_type=device_type, enabled=enabled, dtype=dtype):
+            return backward(ctx, *grads)
 
-    ``torch.amp.custom_fwd`` needs the device type at decoration time; Q-layers run on CPU and
+    wrapped.__name__ = getattr(backward, '__name__', 'backward')
+    wrapped.__qualname__ = getattr(backward, '__qualname__', 'backward')
+    return wrapped
+
+
+class AmpFunction:
+    """An autograd Function with ``torch.amp.custom_fwd``/``custom_bwd``'s semantics for the
+    input's device (backward under the forward's autocast state).
+
+    The autocast state is per device type; Q-layers run on CPU and
     CUDA alike, so one decorated ``torch.autograd.Function`` is built per device type on first
     use. Subclasses define static ``forward(ctx, x, ...)`` and ``backward(ctx, *grads)`` like a
     Function and call ``Cls.apply(x, ...)``; the first argument's device picks the variant. Its
@@ -315,10 +338,8 @@ class AmpFunction:
         if fn is None:
             amp_type = device_type if torch.amp.is_autocast_available(device_type) else 'cpu'
             fn = type(cls.__name__, (torch.autograd.Function, ), {
-                'forward': staticmethod(
-                    torch.amp.custom_fwd(_owning_forward(cls.forward), device_type=amp_type)),
-                'backward': staticmethod(
-                    torch.amp.custom_bwd(cls.backward, device_type=amp_type)),
+                'forward': staticmethod(_amp_forward(cls.forward, amp_type)),
+                'backward': staticmethod(_amp_backward(cls.backward, amp_type)),
                 '__module__': cls.__module__,
                 '__qualname__': f'{cls.__qualname__}[{device_type}]',
             })

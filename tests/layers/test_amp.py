@@ -85,3 +85,45 @@ def test_cpu_autocast(name: str, make: Callable, shape: Tuple, policy: str, dtyp
 def test_cuda_autocast(name: str, make: Callable, shape: Tuple, policy: str,
                        dtype: torch.dtype) -> None:
     _check(make, shape, policy, 'cuda', dtype)
+
+
+class _StateProbe:
+    """An AmpFunction whose backward records the autocast state it runs under."""
+
+    seen: list = []
+
+
+def _probe_function():
+    from actnn_mm.layers._qlayer import AmpFunction
+
+    class Probe(AmpFunction):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            _StateProbe.seen.append((torch.is_autocast_enabled('cpu'),
+                                     torch.get_autocast_dtype('cpu')))
+            return g * 2
+
+    return Probe
+
+
+@pytest.mark.parametrize('fwd_autocast, bwd_autocast', [(False, False), (False, True),
+                                                        (True, False), (True, True)])
+def test_backward_runs_under_the_forwards_autocast_state(fwd_autocast: bool,
+                                                         bwd_autocast: bool) -> None:
+    """What ``torch.amp.custom_bwd`` guarantees, whatever the state around ``backward()``."""
+    probe = _probe_function()
+    _StateProbe.seen.clear()
+    x = torch.randn(4, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=fwd_autocast):
+        y = probe.apply(x)
+    with torch.autocast('cpu', dtype=torch.float16, enabled=bwd_autocast):
+        y.sum().backward()
+    enabled, dtype = _StateProbe.seen[-1]
+    assert enabled == fwd_autocast
+    if fwd_autocast:
+        assert dtype == torch.bfloat16
+    assert torch.equal(x.grad, torch.full((4, ), 2.0))
