@@ -7,7 +7,9 @@
 For every dtype, bits and size it prints the memory traffic of compress (read x, write payload
 + metadata) and decompress (read payload + metadata, write x) in GB/s, and that bandwidth as a
 percentage of ``y.copy_(x)`` (read x, write x) on the same device. The GPU target is >= 70% of
-copy bandwidth for 2-bit fp32 at >= 256 MB.
+copy bandwidth for 2-bit fp32 at >= 256 MB. Decompress returns a new tensor, so on CPU it also
+pays for fresh pages (the OS zeroes them on first touch); ``torch.empty_like(x).copy_(x)`` is
+printed beside it as what torch itself pays for a new tensor of the same size.
 
 ``--masks`` adds the ReLU and statistics ops each converted layer runs beside them, timed
 against what torch runs for the same job: ``pack_nonzero`` (forward: the 1-bit mask) against
@@ -68,8 +70,9 @@ def main() -> None:
     print(f'device={dev} ({torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"}, '
           f'{torch.get_num_threads()} threads), torch {torch.__version__}, '
           f'group_size={args.group_size}')
-    print(f'{"dtype":>5} {"MB":>7} {"bits":>4} | {"copy GB/s":>9} | {"compress GB/s":>13} '
-          f'{"% copy":>7} | {"decompress GB/s":>15} {"% copy":>7} | {"ratio":>6}')
+    print(f'{"dtype":>5} {"MB":>7} {"bits":>4} | {"copy GB/s":>9} {"new+copy":>8} | '
+          f'{"compress GB/s":>13} {"% copy":>7} | {"decompress GB/s":>15} {"% copy":>7} | '
+          f'{"ratio":>6}')
     for name in args.dtypes:
         dtype = DTYPES[name]
         esize = torch.finfo(dtype).bits // 8
@@ -81,13 +84,16 @@ def main() -> None:
             y = torch.empty_like(x)
             t_copy = _time(lambda: y.copy_(x), dev, args.iters)
             bw_copy = 2 * nbytes / t_copy / 1e9
+            bw_new = 2 * nbytes / _time(lambda: torch.empty_like(x).copy_(x), dev,
+                                        args.iters) / 1e9
             for bits in args.bits:
                 c = compress(x, bits, group_size=args.group_size)
                 t_c = _time(lambda: compress(x, bits, group_size=args.group_size), dev, args.iters)
                 t_d = _time(lambda: decompress(c), dev, args.iters)
                 bw_c = (nbytes + c.nbytes) / t_c / 1e9
                 bw_d = (nbytes + c.nbytes) / t_d / 1e9
-                print(f'{name:>5} {nbytes / 2**20:7.1f} {bits:4d} | {bw_copy:9.2f} | {bw_c:13.2f} '
+                print(f'{name:>5} {nbytes / 2**20:7.1f} {bits:4d} | {bw_copy:9.2f} {bw_new:8.2f} | '
+                      f'{bw_c:13.2f} '
                       f'{100 * bw_c / bw_copy:6.1f}% | {bw_d:15.2f} {100 * bw_d / bw_copy:6.1f}% | '
                       f'{nbytes / c.nbytes:5.1f}x', flush=True)
     if args.masks:

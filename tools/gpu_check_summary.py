@@ -120,8 +120,9 @@ def _batch_row(t: Target, thr: str, searches: Dict[str, Any]) -> Row:
                f">={m['largest']} ({m.get('stopped')}) / {b['largest']}")
 
 
-_KERNEL_RE = re.compile(r'^\s*(\w+)\s+([\d.]+)\s+(\d+)\s+\|\s+([\d.]+)\s+\|\s+([\d.]+)\s+'
-                        r'([\d.]+)%\s+\|\s+([\d.]+)\s+([\d.]+)%')
+# dtype MB bits | copy [new+copy] | compress % | decompress %
+_KERNEL_RE = re.compile(r'^\s*(\w+)\s+([\d.]+)\s+(\d+)\s+\|\s+([\d.]+)(?:\s+[\d.]+)?\s+\|\s+'
+                        r'([\d.]+)\s+([\d.]+)%\s+\|\s+([\d.]+)\s+([\d.]+)%')
 
 
 def kernel_rows(log_text: Optional[str], min_mb: float = 256.0) -> List[Row]:

@@ -84,8 +84,8 @@ def test_no_bench_means_not_available() -> None:
 
 def _kernel_line(name: str, mb: float, bits: int, copy: float, c: float, d: float) -> str:
     # The format tools/bench_kernels.py prints.
-    return (f'{name:>5} {mb:7.1f} {bits:4d} | {copy:9.2f} | {c:13.2f} {100 * c / copy:6.1f}% | '
-            f'{d:15.2f} {100 * d / copy:6.1f}% | {14.2:5.1f}x')
+    return (f'{name:>5} {mb:7.1f} {bits:4d} | {copy:9.2f} {copy / 3:8.2f} | {c:13.2f} '
+            f'{100 * c / copy:6.1f}% | {d:15.2f} {100 * d / copy:6.1f}% | {14.2:5.1f}x')
 
 
 def test_kernel_rows_take_the_worst_large_size() -> None:
