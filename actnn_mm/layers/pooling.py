@@ -69,14 +69,14 @@ _FLOAT_EXACT = 1 << 23
 def _float_window(r: Tensor, in_w: int, kernel_w: int, dilation: Tuple[int, int]) -> Tensor:
     """:func:`window_index` from offsets r (0 <= r < 2^23) in float32 (int32 result)."""
     rf = r.to(torch.float32)
-    kh = torch.div(rf, in_w, rounding_mode='floor')
+    kh = torch.div(rf, in_w, rounding_mode='trunc')  # = floor for r >= 0, and 9x faster
     if dilation == (1, 1):  # kh * kernel_w + (r - kh * in_w)
         return rf.sub(kh, alpha=in_w - kernel_w).to(torch.int32)
     kw = rf.sub(kh, alpha=in_w)
     if dilation[0] > 1:
-        kh = torch.div(kh, dilation[0], rounding_mode='floor')
+        kh = torch.div(kh, dilation[0], rounding_mode='trunc')
     if dilation[1] > 1:
-        kw = torch.div(kw, dilation[1], rounding_mode='floor')
+        kw = torch.div(kw, dilation[1], rounding_mode='trunc')
     return kh.mul(kernel_w).add_(kw).to(torch.int32)
 
 
@@ -95,7 +95,7 @@ def flat_index(window: Tensor, in_w: int, kernel: Tuple[int, int], stride: Tuple
     # With kh = window // kernel_w and kw = window - kh * kernel_w, the offset
     # kh * dil_h * in_w + kw * dil_w is dil_w * window + kh * (dil_h * in_w - dil_w * kernel_w).
     wf = window.to(torch.float32)
-    kh = torch.div(wf, kernel[1], rounding_mode='floor')
+    kh = torch.div(wf, kernel[1], rounding_mode='trunc')  # positions >= 0: trunc = floor
     if dilation[1] > 1:
         wf = wf * dilation[1]
     off = wf.add(kh, alpha=dilation[0] * in_w - dilation[1] * kernel[1])
