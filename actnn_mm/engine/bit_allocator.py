@@ -21,10 +21,7 @@ import torch
 
 from .bit_solver import allocate_layers
 from .config import CompressionConfig
-from .scheme import LayerScheme
-
-#: Scheme kinds whose saved tensor is read by their own weight gradient only (re-allocated).
-WEIGHT_ONLY_KINDS = ('conv', 'linear')
+from .scheme import WEIGHT_ONLY_KINDS, LayerScheme
 
 
 class BitAllocator:

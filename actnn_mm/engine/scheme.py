@@ -28,6 +28,9 @@ from .config import CompressionConfig
 from .layout import FLOAT_DTYPES, num_samples_of
 
 KINDS = ('conv', 'linear', 'norm', 'generic')
+#: Kinds whose saved tensor is read by their own weight gradient only: the ones the allocator
+#: re-allocates across layers, and the only ones whose gradient statistic it reads.
+WEIGHT_ONLY_KINDS = ('conv', 'linear')
 
 
 class LayerScheme:
@@ -156,8 +159,11 @@ class LayerScheme:
         return saved
 
     def observe_grad(self, grad_output: Optional[torch.Tensor]) -> None:
-        """Accumulate the layer's gradient scale (mean squared norm per sample) on device."""
-        if grad_output is None or not self.enabled or not self.config.per_layer:
+        """Accumulate the layer's gradient scale (mean squared norm per sample) on device; only
+        for the kinds the allocator re-allocates (:data:`WEIGHT_ONLY_KINDS`): the others keep the
+        average bits, so their statistic would be computed for nothing."""
+        if grad_output is None or not self.enabled or not self.config.per_layer or \
+                self.kind not in WEIGHT_ONLY_KINDS:
             return
         g = grad_output.detach()
         n = max(1, num_samples_of(g))
