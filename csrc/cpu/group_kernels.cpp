@@ -224,6 +224,25 @@ __attribute__((target("avx512f"))) static void philox_words_avx512(uint64_t seed
   if (k < calls) philox_words_avx2(seed, offset, ctr0 + k, calls - k, w + 4 * k);
 }
 
+// Codes of 8 values: (x - mn) * scale + u truncated and clamped to B (quantize_code's
+// operations), u from eight 16-bit halves h (uniform16).
+template <bool kFold>
+__attribute__((target("avx2"))) static inline __m256i codes8(const float* x, __m256 vmn,
+                                                             __m256 vscale, __m256 u, __m256i vB,
+                                                             __m256 fshift, __m256 fscale) {
+  __m256 v = _mm256_loadu_ps(x);
+  if constexpr (kFold) v = _mm256_mul_ps(_mm256_sub_ps(v, fshift), fscale);  // affine_value
+  const __m256 t = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v, vmn), vscale), u);
+  return _mm256_min_epu32(_mm256_cvttps_epi32(t), vB);
+}
+
+__attribute__((target("avx2"))) static inline __m256 uniforms8(__m128i h) {
+  const __m256i hv = _mm256_cvtepu16_epi32(h);
+  return _mm256_mul_ps(
+      _mm256_cvtepi32_ps(_mm256_or_si256(_mm256_slli_epi32(hv, 1), _mm256_set1_epi32(1))),
+      _mm256_set1_ps(7.62939453125e-06f));
+}
+
 // Codes of elements [0, len & ~7): (x - mn) * scale + u truncated and clamped to B, u from the
 // 16-bit halves h (uniform16) or 0.5 when h is null; the scalar quantize_code's operations.
 __attribute__((target("avx2"))) static int64_t quantize_avx2(const float* buf, int64_t len,
@@ -231,21 +250,14 @@ __attribute__((target("avx2"))) static int64_t quantize_avx2(const float* buf, i
                                                              const uint16_t* h, uint32_t B,
                                                              uint32_t* q) {
   const __m256 vmn = _mm256_set1_ps(mn), vscale = _mm256_set1_ps(scale);
-  const __m256 half = _mm256_set1_ps(0.5f), to_unit = _mm256_set1_ps(7.62939453125e-06f);
-  const __m256i one = _mm256_set1_epi32(1), vB = _mm256_set1_epi32(static_cast<int>(B));
+  const __m256 half = _mm256_set1_ps(0.5f), none = _mm256_setzero_ps();
+  const __m256i vB = _mm256_set1_epi32(static_cast<int>(B));
   int64_t j = 0;
   for (; j + 8 <= len; j += 8) {
-    __m256 u = half;
-    if (h != nullptr) {
-      const __m256i hv =
-          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + j)));
-      u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_or_si256(_mm256_slli_epi32(hv, 1), one)),
-                        to_unit);
-    }
-    const __m256 t =
-        _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(buf + j), vmn), vscale), u);
-    const __m256i code = _mm256_min_epu32(_mm256_cvttps_epi32(t), vB);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + j), code);
+    const __m256 u =
+        h != nullptr ? uniforms8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + j))) : half;
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + j),
+                        codes8<false>(buf + j, vmn, vscale, u, vB, none, none));
   }
   return j;
 }
@@ -302,25 +314,6 @@ __attribute__((target("avx2"))) static inline __m128i or_lanes4(__m256i x0, __m2
   const __m256i b = _mm256_or_si256(_mm256_unpacklo_epi32(x2, x3), _mm256_unpackhi_epi32(x2, x3));
   const __m256i c = _mm256_or_si256(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
   return _mm_or_si128(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
-}
-
-// Codes of 8 values: (x - mn) * scale + u truncated and clamped to B (quantize_code's
-// operations), u from eight 16-bit halves h (uniform16).
-template <bool kFold>
-__attribute__((target("avx2"))) static inline __m256i codes8(const float* x, __m256 vmn,
-                                                             __m256 vscale, __m256 u, __m256i vB,
-                                                             __m256 fshift, __m256 fscale) {
-  __m256 v = _mm256_loadu_ps(x);
-  if constexpr (kFold) v = _mm256_mul_ps(_mm256_sub_ps(v, fshift), fscale);  // affine_value
-  const __m256 t = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v, vmn), vscale), u);
-  return _mm256_min_epu32(_mm256_cvttps_epi32(t), vB);
-}
-
-__attribute__((target("avx2"))) static inline __m256 uniforms8(__m128i h) {
-  const __m256i hv = _mm256_cvtepu16_epi32(h);
-  return _mm256_mul_ps(
-      _mm256_cvtepi32_ps(_mm256_or_si256(_mm256_slli_epi32(hv, 1), _mm256_set1_epi32(1))),
-      _mm256_set1_ps(7.62939453125e-06f));
 }
 
 // quantize_pack_group for a whole group (G a multiple of 64) of b in 1..4 bits: codes of
