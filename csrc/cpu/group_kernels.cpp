@@ -59,36 +59,47 @@ __attribute__((target("avx512f"))) static void pack_avx512(const uint32_t* q, in
   }
 }
 
-// unpack + dequantize for b in {1, 2, 4}: codes index a table of the 2^b values (each the
-// same f_add(f_mul(q, step), mn) the scalar loop computes), 16 per step.
-__attribute__((target("avx512f"))) static int64_t dequantize_avx512(const uint8_t* src, int b,
-                                                                    int64_t len, float mn,
-                                                                    float step, float* out) {
-  alignas(64) float lut[16];
-  const int levels = 1 << b;
-  for (int q = 0; q < 16; ++q)
-    lut[q] = q < levels ? dequantize_value(static_cast<uint32_t>(q), mn, step) : 0.0f;
-  const __m512 table = _mm512_load_ps(lut);
-  const __m512i mask = _mm512_set1_epi32(levels - 1);
-  const __m512i shifts = code_shifts(b);
+// unpack + dequantize for B in {1, 2, 4}: codes index a table of the 2^B values (each the
+// same f_add(f_mul(q, step), mn) the scalar loop computes), 16 per step. B is a template
+// parameter so that each step's code word is one fixed-size load.
+template <int B>
+__attribute__((target("avx512f"))) static int64_t dequantize_avx512_b(const uint8_t* src,
+                                                                      int64_t len, float mn,
+                                                                      float step, float* out) {
+  // lane q: f_add(f_mul(q, step), mn) (codes are masked below 2^B; the lanes above unused)
+  const __m512 table =
+      _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+                                                                       10, 11, 12, 13, 14, 15)),
+                                  _mm512_set1_ps(step)),
+                    _mm512_set1_ps(mn));
+  const __m512i mask = _mm512_set1_epi32((1 << B) - 1);
+  const __m512i shifts = code_shifts(B);
   int64_t j = 0;
   for (; j + 16 <= len; j += 16) {
-    const uint8_t* p = src + j / 8 * b;
+    const uint8_t* p = src + j / 8 * B;
     __m512i words;
-    if (b == 4) {
+    if constexpr (B == 4) {
       uint32_t w[2];
       memcpy(w, p, 8);
       words = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(static_cast<int>(w[0]))),
                                  _mm256_set1_epi32(static_cast<int>(w[1])), 1);
     } else {
-      uint32_t w = 0;
-      memcpy(&w, p, 2 * b);
+      std::conditional_t<B == 1, uint16_t, uint32_t> w;
+      memcpy(&w, p, 2 * B);
       words = _mm512_set1_epi32(static_cast<int>(w));
     }
     const __m512i codes = _mm512_and_si512(_mm512_srlv_epi32(words, shifts), mask);
     _mm512_storeu_ps(out + j, _mm512_permutexvar_ps(codes, table));
   }
   return j;
+}
+
+__attribute__((target("avx512f"))) static int64_t dequantize_avx512(const uint8_t* src, int b,
+                                                                    int64_t len, float mn,
+                                                                    float step, float* out) {
+  if (b == 1) return dequantize_avx512_b<1>(src, len, mn, step, out);
+  if (b == 2) return dequantize_avx512_b<2>(src, len, mn, step, out);
+  return dequantize_avx512_b<4>(src, len, mn, step, out);
 }
 
 #endif
@@ -381,11 +392,13 @@ __attribute__((target("avx2"))) static void quantize_pack_avx2(const float* x, i
 __attribute__((target("avx2"))) static int64_t dequantize_avx2(const uint8_t* src, int b,
                                                                int64_t len, float mn, float step,
                                                                float* out) {
-  alignas(32) float lut[16];
   const int levels = 1 << b;
-  for (int q = 0; q < 16; ++q)
-    lut[q] = q < levels ? dequantize_value(static_cast<uint32_t>(q), mn, step) : 0.0f;
-  const __m256 lo_table = _mm256_load_ps(lut), hi_table = _mm256_load_ps(lut + 8);
+  // lane q of lo / hi: f_add(f_mul(q, step), mn) for codes q and q + 8
+  const __m256 vstep = _mm256_set1_ps(step), vmn = _mm256_set1_ps(mn);
+  const __m256 iota = _mm256_setr_ps(0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f);
+  const __m256 lo_table = _mm256_add_ps(_mm256_mul_ps(iota, vstep), vmn);
+  const __m256 hi_table =
+      _mm256_add_ps(_mm256_mul_ps(_mm256_add_ps(iota, _mm256_set1_ps(8.f)), vstep), vmn);
   const __m256i mask = _mm256_set1_epi32(levels - 1);
   const __m256i shifts =
       _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(b));
