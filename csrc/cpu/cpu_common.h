@@ -73,6 +73,18 @@ void affine_each(float* buf, int64_t n, const float* shift, const float* scale);
 void unpack_dequantize_group(const uint8_t* src, int b, int64_t len, float mn, float step,
                              float* out);
 
+// Bits and payload byte offset of group g of sample n (uniform `bits`, or the per-sample tables
+// sb / so); false when they are inconsistent (the group then decodes to NaN, nothing is read out
+// of bounds).
+inline bool locate_group(const Layout& l, int64_t bits, const int32_t* sb, const int64_t* so,
+                         int64_t payload_bytes, int64_t n, int64_t g, int& b, int64_t& base) {
+  b = sb ? static_cast<int>(sb[n]) : static_cast<int>(bits);
+  if (b < 1 || b > 8) return false;
+  const int64_t group_bytes = (l.G / 8) * b;
+  base = (so ? so[n] : n * l.Gs * group_bytes) + g * group_bytes;
+  return base >= 0 && base + group_bytes <= payload_bytes;
+}
+
 // Returns where the fp32 values are: src itself for fp32 (no copy), else buf.
 template <typename T>
 inline const float* load_group(const T* src, int64_t len, float* buf, float& mn, float& mx,

@@ -71,14 +71,13 @@ void dequantize_kernel(const uint8_t* payload, const float* meta, const Layout& 
     float fbuf[kMaxGroupSize];
     for (int64_t gi = begin; gi < end; ++gi) {
       const int64_t n = gi / l.Gs, g = gi % l.Gs;
-      const int b = sample_bits ? static_cast<int>(sample_bits[n]) : static_cast<int>(bits);
-      const int64_t group_bytes = (G / 8) * b;
-      const int64_t base =
-          (sample_offsets ? sample_offsets[n] : n * l.Gs * group_bytes) + g * group_bytes;
+      int b;
+      int64_t base;
+      const bool valid_bits =
+          locate_group(l, bits, sample_bits, sample_offsets, payload_bytes, n, g, b, base);
       const int64_t start = g * G;
       const int64_t len = std::min<int64_t>(G, l.D - start);
       T* dst = out + n * l.D + start;
-      const bool valid_bits = b >= 1 && b <= 8 && base >= 0 && base + group_bytes <= payload_bytes;
       if (!valid_bits) {
         for (int64_t j = 0; j < len; ++j) dst[j] = static_cast<T>(NAN);
         continue;
