@@ -101,6 +101,45 @@ inline void check_payload(const at::Tensor& payload, const at::Tensor& meta, con
   }
 }
 
+// Every check of bn_backward's arguments, shared by the CPU and CUDA kernels; returns the layout.
+inline Layout check_bn_backward_args(const at::Tensor& grad, const at::Tensor& payload,
+                                     const at::Tensor& meta, int64_t num_samples,
+                                     int64_t numel_per_sample, int64_t group_size, int64_t bits,
+                                     const std::optional<at::Tensor>& sample_bits,
+                                     const std::optional<at::Tensor>& sample_offsets,
+                                     const std::optional<at::Tensor>& scale, int64_t channel_inner,
+                                     int64_t channels) {
+  const auto t = grad.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16,
+              "actnn_mm.bn_backward: grad must be float32, float16 or bfloat16, got ", t);
+  TORCH_CHECK(grad.is_contiguous(), "actnn_mm.bn_backward: grad must be contiguous in the saved ",
+              "input's memory order (the Python wrapper permutes it first)");
+  TORCH_CHECK(numel_per_sample >= 0, "actnn_mm.bn_backward: numel_per_sample must be >= 0");
+  TORCH_CHECK(grad.numel() == num_samples * numel_per_sample, "actnn_mm.bn_backward: grad has ",
+              grad.numel(), " elements, expected num_samples * numel_per_sample = ",
+              num_samples * numel_per_sample);
+  TORCH_CHECK(grad.device() == payload.device(), "actnn_mm.bn_backward: grad is on ", grad.device(),
+              " but payload is on ", payload.device());
+  const Layout l =
+      make_layout(num_samples * numel_per_sample, num_samples, group_size, "bn_backward");
+  check_sample_bits(sample_bits, sample_offsets, bits, l, payload.device(), "bn_backward");
+  check_payload(payload, meta, l, sample_bits, bits, "bn_backward");
+  TORCH_CHECK(channels >= 1 && channel_inner >= 1, "actnn_mm.bn_backward: channels and ",
+              "channel_inner must be >= 1, got ", channels, " and ", channel_inner);
+  TORCH_CHECK(l.D % (channels * channel_inner) == 0, "actnn_mm.bn_backward: numel_per_sample ", l.D,
+              " is not a multiple of channels * channel_inner = ", channels * channel_inner);
+  if (scale.has_value()) {
+    const auto& w = *scale;
+    TORCH_CHECK(
+        w.scalar_type() == at::kFloat && w.dim() == 1 && w.numel() == channels && w.is_contiguous(),
+        "actnn_mm.bn_backward: scale must be a contiguous float32 tensor of shape [", channels,
+        "], got ", w.scalar_type(), " ", w.sizes());
+    TORCH_CHECK(w.device() == payload.device(), "actnn_mm.bn_backward: scale is on ", w.device(),
+                " but payload is on ", payload.device());
+  }
+  return l;
+}
+
 inline void check_out_dtype(at::ScalarType t, const char* op) {
   TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, "actnn_mm.", op,
               ": dtype must be float32, float16 or bfloat16, got ", t);

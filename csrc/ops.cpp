@@ -35,6 +35,18 @@ TORCH_LIBRARY(actnn_mm, m) {
       "int affine_period, Tensor(a!)? stats, float stats_factor, bool stochastic, int seed, "
       "int offset, bool use_generator, Generator? generator) -> (Tensor, Tensor, Tensor, Tensor)",
       {at::Tag::nondeterministic_seeded});
+  // Batch-norm backward from a compressed normalised input x_hat (dequantize's arguments; the
+  // channel of element e of a sample in memory order is (e / channel_inner) % channels), grad the
+  // output gradient dy in the same memory order, scale the per-channel w (weight * invstd; None:
+  // 1). Per channel sum_dy = sum(dy) and sum_dy_xhat = sum(dy * x_hat) over M elements; returns
+  // (w * (dy - sum_dy / M - x_hat * sum_dy_xhat / M) [N * D] in grad's dtype, or [0] without
+  // input_grad; sum_dy_xhat float32 [C] (the weight gradient); sum_dy float32 [C] (the bias's)).
+  // x_hat is rounded to grad's dtype as dequantize would return it, and never written out.
+  m.def(
+      "bn_backward(Tensor grad, Tensor payload, Tensor meta, int num_samples, "
+      "int numel_per_sample, int group_size, int bits, Tensor? sample_bits, "
+      "Tensor? sample_offsets, Tensor? scale, int channel_inner, int channels, bool input_grad) "
+      "-> (Tensor, Tensor, Tensor)");
   // acc[index] += scale * sum(g^2) (the per-layer gradient statistic, one op per backward).
   m.def("accumulate_sq_norm(Tensor g, Tensor(a!) acc, int index, float scale) -> ()");
   // Bool / small integer values -> nbits per value (8 values per nbits bytes), and back (uint8).

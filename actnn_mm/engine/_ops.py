@@ -24,7 +24,7 @@ _STATE: dict = {'loaded': False, 'error': None}
 _WARNED: set = set()
 _LIBRARY: list = []  # the torch.library.Library holding the default kernels (kept alive)
 _OPS = ('quantize', 'dequantize', 'group_minmax', 'pack_bits', 'unpack_bits', 'compress',
-        'accumulate_sq_norm', 'pack_nonzero', 'unpack_mask', 'mask_grad')
+        'accumulate_sq_norm', 'pack_nonzero', 'unpack_mask', 'mask_grad', 'bn_backward')
 
 
 def _register_fakes() -> None:
@@ -71,6 +71,14 @@ def _register_fakes() -> None:
     def _dequantize_fake(payload, meta, num_samples, numel_per_sample, group_size, bits,
                          sample_bits, sample_offsets, dtype):
         return payload.new_empty(num_samples * numel_per_sample, dtype=dtype)
+
+    @torch.library.register_fake('actnn_mm::bn_backward')
+    def _bn_backward_fake(grad, payload, meta, num_samples, numel_per_sample, group_size, bits,
+                          sample_bits, sample_offsets, scale, channel_inner, channels,
+                          input_grad):
+        gx = grad.new_empty(grad.numel() if input_grad else 0)
+        return (gx, grad.new_empty(channels, dtype=torch.float32),
+                grad.new_empty(channels, dtype=torch.float32))
 
     @torch.library.register_fake('actnn_mm::group_minmax')
     def _minmax_fake(x, num_samples, group_size):
@@ -225,3 +233,13 @@ def unpack_mask(packed: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.T
 
 def mask_grad(grad: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     return _impl('mask_grad', grad.device)(grad, packed)
+
+
+def bn_backward(grad: torch.Tensor, payload: torch.Tensor, meta: torch.Tensor, num_samples: int,
+                numel_per_sample: int, group_size: int, bits: int,
+                sample_bits: Optional[torch.Tensor], sample_offsets: Optional[torch.Tensor],
+                scale: Optional[torch.Tensor], channel_inner: int, channels: int,
+                input_grad: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _impl('bn_backward', grad.device)(grad, payload, meta, num_samples, numel_per_sample,
+                                             group_size, bits, sample_bits, sample_offsets,
+                                             scale, channel_inner, channels, input_grad)

@@ -7,7 +7,6 @@ Bits are uniform (1, 2, 4, 8) or per sample (int32 [N], 1..8) with per-sample by
 """
 from __future__ import annotations
 
-import math
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -237,10 +236,7 @@ class Affine:
             dim = self.dim if self.dim >= 0 else self.dim + x.dim()
             if not 0 <= dim < x.dim():
                 raise ValueError(f'Affine dim {self.dim} out of range for a {x.dim()}-d tensor')
-            order = perm if perm is not None else tuple(range(x.dim()))
-            pos = order.index(dim)
-            inner = math.prod(int(x.shape[d]) for d in order[pos + 1:])
-            period = int(x.shape[dim])
+            inner, period = SampleLayout(x.shape, perm, 0, 0).dim_runs(dim)
         out = []
         for name, t in (('shift', self.shift), ('scale', self.scale)):
             if not isinstance(t, torch.Tensor) or t.numel() != period:

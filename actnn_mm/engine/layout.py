@@ -6,6 +6,7 @@ overlapping or gapped strides are copied to contiguous first.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -26,6 +27,21 @@ class SampleLayout:
 
     def groups_per_sample(self, group_size: int) -> int:
         return -(-self.numel_per_sample // group_size)
+
+    def flatten(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (of this shape, e.g. a gradient) as a 1-d buffer in this layout's memory order:
+        no copy when t is already laid out so."""
+        if self.perm is not None:
+            t = t.permute(self.perm)
+        return t.contiguous().reshape(-1)
+
+    def dim_runs(self, dim: int) -> Tuple[int, int]:
+        """(inner, period) such that element e of the flat buffer has index
+        ``(e // inner) % period`` along ``dim`` (samples are outermost)."""
+        order = self.perm if self.perm is not None else tuple(range(len(self.shape)))
+        pos = order.index(dim)
+        inner = math.prod(int(self.shape[d]) for d in order[pos + 1:])
+        return max(1, inner), max(1, int(self.shape[dim]))
 
     def restore(self, flat: torch.Tensor) -> torch.Tensor:
         """View the flat buffer back as a tensor of ``shape`` with the original dims order."""

@@ -144,6 +144,34 @@ def dequantize(payload: torch.Tensor, meta: torch.Tensor, num_samples: int,
     return out.reshape(n, gs * g)[:, :d].to(dtype).reshape(-1)
 
 
+def bn_backward(grad: torch.Tensor, payload: torch.Tensor, meta: torch.Tensor, num_samples: int,
+                numel_per_sample: int, group_size: int, bits: int,
+                sample_bits: Optional[torch.Tensor], sample_offsets: Optional[torch.Tensor],
+                scale: Optional[torch.Tensor], channel_inner: int, channels: int,
+                input_grad: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference of ``actnn_mm::bn_backward`` -> (grad_input flat or [0], grad_weight, grad_bias):
+    x_hat dequantized, then batch norm's backward with mean 0 and invstd 1 (sums in float64)."""
+    xh = dequantize(payload, meta, num_samples, numel_per_sample, group_size, bits, sample_bits,
+                    sample_offsets, grad.dtype).to(torch.float32)
+    outer = numel_per_sample // (channels * channel_inner) if channels * channel_inner else 0
+    shape = (num_samples, outer, channels, channel_inner)
+    dy = grad.to(torch.float32).reshape(shape)
+    xh = xh.reshape(shape)
+    sum_dy = dy.double().sum((0, 1, 3))
+    sum_dyx = (dy.double() * xh.double()).sum((0, 1, 3))
+    gw, gb = sum_dyx.to(torch.float32), sum_dy.to(torch.float32)
+    if not input_grad:
+        return grad.new_empty(0), gw, gb
+    m = max(1, num_samples * outer * channel_inner)
+    per_channel = (1, 1, channels, 1)
+    mean_dy = (sum_dy / m).to(torch.float32).reshape(per_channel)
+    k = (sum_dyx / m).to(torch.float32).reshape(per_channel)
+    gx = (dy - mean_dy) - xh * k
+    if scale is not None:
+        gx = gx * scale.reshape(per_channel)
+    return gx.to(grad.dtype).reshape(-1), gw, gb
+
+
 def group_minmax(x: torch.Tensor, num_samples: int, group_size: int) -> torch.Tensor:
     """Reference of ``actnn_mm::group_minmax`` -> float32 [N*Gs*2] (NaN for non-finite)."""
     n, d, gs = _layout(x.numel(), num_samples, group_size)
