@@ -152,11 +152,17 @@ class LayerScheme:
     def decompress(self, saved: Union[CompressedTensor, torch.Tensor]) -> torch.Tensor:
         """Inverse of ``compress`` (identity for a tensor kept exact). In a backward it also
         has the allocator step at that backward's end (``BitAllocator.step_at_end_of_backward``)."""
-        if self.allocator is not None:
-            self.allocator.step_at_end_of_backward()
+        self.note_backward()
         if isinstance(saved, CompressedTensor):
             return decompress(saved)
         return saved
+
+    def note_backward(self) -> None:
+        """A backward reads what this scheme saved: the allocator steps at that backward's end
+        (``BitAllocator.step_at_end_of_backward``). ``decompress`` calls it; so does any op that
+        reads the compressed form directly."""
+        if self.allocator is not None:
+            self.allocator.step_at_end_of_backward()
 
     def observe_grad(self, grad_output: Optional[torch.Tensor]) -> None:
         """Accumulate the layer's gradient scale (mean squared norm per sample) on device; only

@@ -11,7 +11,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .. import share_cache
 from ..engine.compressed import Affine
+from ..engine.norm_backward import bn_backward, bn_backward_supported
 from . import _sync_bn_cpu
 from ._qlayer import (
     AmpFunction,
@@ -101,6 +103,25 @@ def bn_backward_args(ctx: Any, weight: Optional[Tensor], mean: Tensor,
     return scale, zeros, ones
 
 
+def compressed_bn_backward(ctx: Any, grad_out: Tensor, scale: Optional[Tensor],
+                           weight: Optional[Tensor], mask: List[bool]
+                           ) -> Optional[Tuple[Optional[Tensor], Optional[Tensor],
+                                               Optional[Tensor]]]:
+    """Batch norm's (grad_input, grad_weight, grad_bias) read from the compressed x_hat in one
+    op (``actnn_mm::bn_backward``), or None where that op does not apply (x kept exact; a layout
+    or dtype it does not take), for the dequantize + ``native_batch_norm_backward`` path, which
+    gives the same gradients. ``scale``: the weight that :func:`bn_backward_args` gives."""
+    saved = ctx.packed
+    if not ctx.normalized or not isinstance(saved, share_cache.Saved) or saved.scheme is None \
+            or saved.shape is not None or not bn_backward_supported(saved.packed, grad_out):
+        return None
+    saved.scheme.note_backward()
+    gx, gw, gb = bn_backward(grad_out, saved.packed, scale, mask[0])
+    if weight is not None and gw.dtype != weight.dtype:
+        gw, gb = gw.to(weight.dtype), gb.to(weight.dtype)
+    return gx, (gw if mask[1] else None), (gb if mask[2] else None)
+
+
 _UNIT_STATS: Dict[Tuple[int, torch.dtype, torch.device], Tuple[Tensor, Tensor]] = {}
 
 
@@ -147,11 +168,14 @@ class _BatchNormFunction(AmpFunction):
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
         x_exact, weight, mean, invstd = ctx.saved_tensors
-        x = load_input(ctx, x_exact)
         ctx.scheme.observe_grad(grad_out)
         mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
                 ctx.needs_input_grad[2]]
         w, mean, invstd = bn_backward_args(ctx, weight, mean, invstd)
+        fused = compressed_bn_backward(ctx, grad_out, w, weight, mask)
+        if fused is not None:
+            return (*fused, None, None, None, None, None)
+        x = load_input(ctx, x_exact)
         gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
             grad_out, x, w, None, None, mean, invstd, True, ctx.eps, mask)
         return gx, gw, gb, None, None, None, None, None
