@@ -136,6 +136,40 @@ struct SampleBits {
   }
 };
 
+// One group of a payload as a warp decodes it: sample n, group g, elements start .. start + len
+// of the sample, where its codes are (b bits at byte base) and its (min, step); ok is false when
+// the per-sample tables are inconsistent (every value of the group then decodes to NaN).
+struct PackedGroup {
+  int64_t n, g, start, len, base;
+  int b;
+  bool ok;
+  float2 mp;
+
+  __device__ __forceinline__ PackedGroup(const Layout& l, const SampleBits& sb,
+                                         const float2* __restrict__ meta, int64_t gi) {
+    n = gi / l.Gs;
+    g = gi - n * l.Gs;
+    start = g * l.G;
+    len = imin(l.G, l.D - start);
+    ok = sb.locate(l, n, g, b, base);
+    mp = ok ? meta[gi] : make_float2(NAN, NAN);
+  }
+
+  // The 8 values of chunk c (elements 8c .. 8c + 7 of the group): q * step + mn.
+  __device__ __forceinline__ void values8(const uint8_t* __restrict__ payload, int64_t c,
+                                          float r[8]) const {
+    uint32_t q[8];
+    if (ok) {
+      unpack8(load_packed(payload + base + c * b, b), b, q);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) q[j] = 0u;
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) r[j] = dequantize_value(q[j], mp.x, mp.y);
+  }
+};
+
 // Bits of group gi, its (min, step) into meta, and this lane's chunks quantized (stochastic
 // rounding from the group's own Philox counters) and packed into the payload: the tail shared by
 // the quantize and the fused compress kernels, once the group's values and range are known.

@@ -30,20 +30,37 @@ struct BnGeometry {
   int64_t inner, channels;
 };
 
-// The 8 values of chunk c (elements 8c .. 8c + 7 of group gi) as dequantize returns them (in T).
+// The 8 values of chunk c of group pg as dequantize returns them (rounded to T), as fp32.
 template <typename T>
-__device__ __forceinline__ void chunk_values(const uint8_t* __restrict__ payload, bool ok, int b,
-                                             int64_t base, float2 mp, int64_t c, float v[8]) {
-  uint32_t q[8];
-  if (ok) {
-    unpack8(load_packed(payload + base + c * b, b), b, q);
-  } else {
+__device__ __forceinline__ void chunk_values(const PackedGroup& pg,
+                                             const uint8_t* __restrict__ payload, int64_t c,
+                                             float v[8]) {
+  pg.values8(payload, c, v);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) q[j] = 0u;
-  }
-#pragma unroll
-  for (int j = 0; j < 8; ++j) v[j] = to_f(from_f<T>(dequantize_value(q[j], mp.x, mp.y)));
+  for (int j = 0; j < 8; ++j) v[j] = to_f(from_f<T>(v[j]));
 }
+
+// The channel of consecutive elements of a sample, from element e0 on: one division at the
+// start, then a step per element.
+struct ChannelCursor {
+  int64_t ch, next, inner, C;
+
+  __device__ __forceinline__ ChannelCursor(int64_t e0, const BnGeometry& geo)
+      : inner(geo.inner), C(geo.channels) {
+    const int64_t block = e0 / inner;
+    ch = block % C;
+    next = (block + 1) * inner;
+  }
+
+  // The channel of element e, for e = e0, e0 + 1, ... in turn.
+  __device__ __forceinline__ int64_t at(int64_t e) {
+    if (e == next) {
+      next += inner;
+      if (++ch == C) ch = 0;
+    }
+    return ch;
+  }
+};
 
 __device__ __forceinline__ void flush(double* __restrict__ acc, int64_t C, int64_t c, double s,
                                       double d) {
@@ -61,36 +78,27 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t nwarps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
   const int64_t chunks = l.G / 8, C = geo.channels;
   for (int64_t gi = warp; gi < l.groups(); gi += nwarps) {
-    const int64_t n = gi / l.Gs, g = gi - n * l.Gs;
-    const int64_t start = g * l.G;
-    const int64_t len = imin(l.G, l.D - start);
-    int b;
-    int64_t base;
-    const bool ok = sb.locate(l, n, g, b, base);
-    const float2 mp = ok ? meta[gi] : make_float2(NAN, NAN);
+    const PackedGroup pg(l, sb, meta, gi);
+    const T* dyn = dy + pg.n * l.D;
     int64_t cur = -1;  // the channel this lane is summing, -1 before its first element
     double s = 0.0, d = 0.0;
 #pragma unroll
     for (int k = 0; k < CPL; ++k) {
       const int64_t c = lane + 32 * k;
-      if (c >= chunks || 8 * c >= len) break;
-      const int valid = static_cast<int>(imin(8, len - 8 * c));
+      if (c >= chunks || 8 * c >= pg.len) break;
+      const int valid = static_cast<int>(imin(8, pg.len - 8 * c));
       float v[8];
-      chunk_values<T>(payload, ok, b, base, mp, c, v);
-      const int64_t e0 = start + 8 * c;
-      int64_t block = e0 / geo.inner, ch = block % C, next = (block + 1) * geo.inner;
+      chunk_values<T>(pg, payload, c, v);
+      const int64_t e0 = pg.start + 8 * c;
+      ChannelCursor cursor(e0, geo);
       for (int j = 0; j < valid; ++j) {
-        if (e0 + j == next) {
-          ++block;
-          next += geo.inner;
-          if (++ch == C) ch = 0;
-        }
+        const int64_t ch = cursor.at(e0 + j);
         if (ch != cur) {
           if (cur >= 0) flush(acc, C, cur, s, d);
           cur = ch;
           s = d = 0.0;
         }
-        const float gv = to_f(dy[n * l.D + e0 + j]);
+        const float gv = to_f(dyn[e0 + j]);
         s += gv;
         d += static_cast<double>(f_mul(gv, v[j]));
       }
@@ -136,33 +144,24 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t nwarps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
   const int64_t chunks = l.G / 8, C = geo.channels;
   for (int64_t gi = warp; gi < l.groups(); gi += nwarps) {
-    const int64_t n = gi / l.Gs, g = gi - n * l.Gs;
-    const int64_t start = g * l.G;
-    const int64_t len = imin(l.G, l.D - start);
-    int b;
-    int64_t base;
-    const bool ok = sb.locate(l, n, g, b, base);
-    const float2 mp = ok ? meta[gi] : make_float2(NAN, NAN);
+    const PackedGroup pg(l, sb, meta, gi);
+    const int64_t row = pg.n * l.D;
 #pragma unroll
     for (int k = 0; k < CPL; ++k) {
       const int64_t c = lane + 32 * k;
-      if (c >= chunks || 8 * c >= len) break;
-      const int valid = static_cast<int>(imin(8, len - 8 * c));
+      if (c >= chunks || 8 * c >= pg.len) break;
+      const int valid = static_cast<int>(imin(8, pg.len - 8 * c));
       float v[8], gv[8], r[8];
-      chunk_values<T>(payload, ok, b, base, mp, c, v);
-      const int64_t e0 = start + 8 * c;
-      load8(dy + n * l.D + e0, VEC && valid == 8, valid, gv);
-      int64_t block = e0 / geo.inner, ch = block % C, next = (block + 1) * geo.inner;
+      chunk_values<T>(pg, payload, c, v);
+      const int64_t e0 = pg.start + 8 * c;
+      load8(dy + row + e0, VEC && valid == 8, valid, gv);
+      ChannelCursor cursor(e0, geo);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        if (e0 + j == next) {
-          ++block;
-          next += geo.inner;
-          if (++ch == C) ch = 0;
-        }
+        const int64_t ch = cursor.at(e0 + j);
         r[j] = f_mul(f_sub(f_sub(gv[j], coef[ch]), f_mul(v[j], coef[C + ch])), coef[2 * C + ch]);
       }
-      store8(gx + n * l.D + e0, VEC && valid == 8, valid, r);
+      store8(gx + row + e0, VEC && valid == 8, valid, r);
     }
   }
 }

@@ -63,31 +63,17 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t nwarps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
   const int64_t chunks = l.G / 8;
   for (int64_t gi = warp; gi < l.groups(); gi += nwarps) {
-    const int64_t n = gi / l.Gs, g = gi - n * l.Gs;
-    const int64_t start = g * l.G;
-    const int64_t len = imin(l.G, l.D - start);
-    T* dst = out + n * l.D + start;
-    int b;
-    int64_t base;
-    const bool ok = sb.locate(l, n, g, b, base);
-    const float2 mp = ok ? meta[gi] : make_float2(NAN, NAN);
+    const PackedGroup pg(l, sb, meta, gi);
+    T* dst = out + pg.n * l.D + pg.start;
 #pragma unroll
     for (int k = 0; k < CPL; ++k) {
       const int64_t c = lane + 32 * k;
       if (c >= chunks) break;
       const int64_t e0 = 8 * c;
-      if (e0 >= len) break;
-      const int valid = static_cast<int>(imin(8, len - e0));
-      uint32_t q[8];
-      if (ok) {
-        unpack8(load_packed(payload + base + c * b, b), b, q);
-      } else {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) q[j] = 0u;
-      }
+      if (e0 >= pg.len) break;
+      const int valid = static_cast<int>(imin(8, pg.len - e0));
       float r[8];
-#pragma unroll
-      for (int j = 0; j < 8; ++j) r[j] = dequantize_value(q[j], mp.x, mp.y);
+      pg.values8(payload, c, r);
       store8(dst + e0, VEC && valid == 8, valid, r);
     }
   }
