@@ -85,6 +85,21 @@ inline bool locate_group(const Layout& l, int64_t bits, const int32_t* sb, const
   return base >= 0 && base + group_bytes <= payload_bytes;
 }
 
+// The len values of group g of sample n dequantized into out as fp32 (all NaN when the
+// per-sample tables are inconsistent): dequantize's step per group.
+inline void dequantize_group(const uint8_t* payload, const float* meta, const Layout& l,
+                             int64_t bits, const int32_t* sb, const int64_t* so,
+                             int64_t payload_bytes, int64_t n, int64_t g, int64_t len, float* out) {
+  int b;
+  int64_t base;
+  if (!locate_group(l, bits, sb, so, payload_bytes, n, g, b, base)) {
+    for (int64_t j = 0; j < len; ++j) out[j] = NAN;
+    return;
+  }
+  const int64_t gi = n * l.Gs + g;
+  unpack_dequantize_group(payload + base, b, len, meta[2 * gi], meta[2 * gi + 1], out);
+}
+
 // Returns where the fp32 values are: src itself for fp32 (no copy), else buf.
 template <typename T>
 inline const float* load_group(const T* src, int64_t len, float* buf, float& mn, float& mx,

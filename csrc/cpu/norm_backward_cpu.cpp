@@ -42,6 +42,22 @@ inline float hsum(f32x16 v) {
   return v[0];
 }
 
+// Calls f(offset in the group, run length, channel) for each run of one channel among the
+// elements start .. start + len of a sample (channel of element e: (e / inner) % C); one
+// division per group.
+template <typename F>
+inline void for_each_run(int64_t start, int64_t len, int64_t inner, int64_t C, F&& f) {
+  int64_t e = start, block = start / inner, c = block % C;
+  const int64_t stop = start + len;
+  while (e < stop) {
+    const int64_t end = std::min(stop, (block + 1) * inner);
+    f(e - start, end - e, c);
+    e = end;
+    ++block;
+    if (++c == C) c = 0;
+  }
+}
+
 // Per channel, sum(dy) and sum(dy * x) over one group (elements start .. start + len of a
 // sample; dy and x in buffers of kBuf), added to the channel's float64 totals s / d: each run of
 // one channel in 16 fp32 lanes (its last vector masked), reduced once per run.
@@ -49,13 +65,9 @@ ACTNN_CLONES
 void group_sums(const float* dy, const float* x, int64_t start, int64_t len, int64_t inner,
                 int64_t C, double* s, double* d) {
   const i32x16 iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-  int64_t e = start, block = start / inner, c = block % C;  // one division per group
-  const int64_t stop = start + len;
-  while (e < stop) {
-    const int64_t end = std::min(stop, (block + 1) * inner);
-    const float* g = dy + (e - start);
-    const float* v = x + (e - start);
-    const int64_t n = end - e;
+  for_each_run(start, len, inner, C, [&](int64_t off, int64_t n, int64_t c) {
+    const float* g = dy + off;
+    const float* v = x + off;
     f32x16 ps = {}, pd = {};
     int64_t j = 0;
     for (; j + 16 <= n; j += 16) {
@@ -72,10 +84,7 @@ void group_sums(const float* dy, const float* x, int64_t start, int64_t len, int
     }
     s[c] += hsum(ps);
     d[c] += hsum(pd);
-    e = end;
-    ++block;
-    if (++c == C) c = 0;
-  }
+  });
 }
 
 // grad_input of one group, (dy - mean_dy[c]) - x * k[c]) * w[c] per channel c, into out (a
@@ -83,34 +92,21 @@ void group_sums(const float* dy, const float* x, int64_t start, int64_t len, int
 ACTNN_CLONES
 void group_grad(const float* dy, const float* x, int64_t start, int64_t len, int64_t inner,
                 int64_t C, const float* mean_dy, const float* k, const float* w, float* out) {
-  int64_t e = start, block = start / inner, c = block % C;
-  const int64_t stop = start + len;
-  while (e < stop) {
-    const int64_t end = std::min(stop, (block + 1) * inner);
-    const int64_t off = e - start, n = end - e;
+  for_each_run(start, len, inner, C, [&](int64_t off, int64_t n, int64_t c) {
     const float m = mean_dy[c], kc = k[c], wc = w[c];
     for (int64_t j = 0; j < n; j += 16) {
       const f32x16 v = ((load16(dy + off + j) - m) - load16(x + off + j) * kc) * wc;
       memcpy(out + off + j, &v, sizeof(v));
     }
-    e = end;
-    ++block;
-    if (++c == C) c = 0;
-  }
+  });
 }
 
-// The values x_hat of group gi (dequantize's arithmetic, rounded to T like its output), fp32.
+// The values x_hat of group g of sample n as dequantize returns them (rounded to T), as fp32.
 template <typename T>
 inline void group_values(const uint8_t* payload, const float* meta, const Layout& l, int64_t bits,
                          const int32_t* sb, const int64_t* so, int64_t payload_bytes, int64_t n,
-                         int64_t g, int64_t gi, int64_t len, float* out) {
-  int b;
-  int64_t base;
-  if (!locate_group(l, bits, sb, so, payload_bytes, n, g, b, base)) {
-    for (int64_t j = 0; j < len; ++j) out[j] = NAN;
-    return;
-  }
-  unpack_dequantize_group(payload + base, b, len, meta[2 * gi], meta[2 * gi + 1], out);
+                         int64_t g, int64_t len, float* out) {
+  dequantize_group(payload, meta, l, bits, sb, so, payload_bytes, n, g, len, out);
   if constexpr (!std::is_same_v<T, float>)
     for (int64_t j = 0; j < len; ++j) out[j] = to_f(static_cast<T>(out[j]));
 }
@@ -152,8 +148,7 @@ void bn_backward_kernel(const T* dy, const BnArgs& a, const float* w, T* gx, flo
       for (int64_t gi = g0; gi < g1; ++gi) {
         const int64_t n = gi / l.Gs, g = gi % l.Gs;
         const int64_t start = g * l.G, len = std::min<int64_t>(l.G, l.D - start);
-        group_values<T>(a.payload, a.meta, l, a.bits, a.sb, a.so, a.payload_bytes, n, g, gi, len,
-                        xb);
+        group_values<T>(a.payload, a.meta, l, a.bits, a.sb, a.so, a.payload_bytes, n, g, len, xb);
         load_grad(dy + n * l.D + start, len, gbuf);
         if (a.inner == 1) {  // channels innermost (channels_last): one element per run
           int64_t c = start % C;
@@ -190,7 +185,7 @@ void bn_backward_kernel(const T* dy, const BnArgs& a, const float* w, T* gx, flo
     for (int64_t gi = begin; gi < end; ++gi) {
       const int64_t n = gi / l.Gs, g = gi % l.Gs;
       const int64_t start = g * l.G, len = std::min<int64_t>(l.G, l.D - start);
-      group_values<T>(a.payload, a.meta, l, a.bits, a.sb, a.so, a.payload_bytes, n, g, gi, len, xb);
+      group_values<T>(a.payload, a.meta, l, a.bits, a.sb, a.so, a.payload_bytes, n, g, len, xb);
       load_grad(dy + n * l.D + start, len, gbuf);
       if (a.inner == 1) {
         int64_t c = start % C;

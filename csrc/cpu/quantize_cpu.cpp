@@ -71,22 +71,15 @@ void dequantize_kernel(const uint8_t* payload, const float* meta, const Layout& 
     float fbuf[kMaxGroupSize];
     for (int64_t gi = begin; gi < end; ++gi) {
       const int64_t n = gi / l.Gs, g = gi % l.Gs;
-      int b;
-      int64_t base;
-      const bool valid_bits =
-          locate_group(l, bits, sample_bits, sample_offsets, payload_bytes, n, g, b, base);
       const int64_t start = g * G;
       const int64_t len = std::min<int64_t>(G, l.D - start);
       T* dst = out + n * l.D + start;
-      if (!valid_bits) {
-        for (int64_t j = 0; j < len; ++j) dst[j] = static_cast<T>(NAN);
-        continue;
-      }
-      const float mn = meta[2 * gi], step = meta[2 * gi + 1];
       if constexpr (std::is_same_v<T, float>) {
-        unpack_dequantize_group(payload + base, b, len, mn, step, dst);
+        dequantize_group(payload, meta, l, bits, sample_bits, sample_offsets, payload_bytes, n, g,
+                         len, dst);
       } else {
-        unpack_dequantize_group(payload + base, b, len, mn, step, fbuf);
+        dequantize_group(payload, meta, l, bits, sample_bits, sample_offsets, payload_bytes, n, g,
+                         len, fbuf);
         for (int64_t j = 0; j < len; ++j) dst[j] = static_cast<T>(fbuf[j]);
       }
     }
